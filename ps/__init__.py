@@ -1,0 +1,1 @@
+"""Server side of downpour: shards, server optimizers, staleness rules, the job, config and CLI."""

@@ -1,0 +1,63 @@
+"""Ray at the edge: connect to (or start) Ray, size the actors' resources, and create the actors."""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ps.config import TrainConfig
+from ps.errors import UserError
+
+
+def connect(address: Optional[str]) -> bool:
+    """Joins `address` or starts a local Ray; returns True when this call started Ray (so the job
+    shuts it down). An already-initialised Ray (tests, notebooks) is reused as it is."""
+    if ray.is_initialized():
+        return False
+    if address:
+        # Ray 2.60 clusters started with `ray start` require token auth from their clients.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True,
+                 include_dashboard=False if not address else None)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address "
+                        "and that `ray status` works there") from None
+    return True
+
+
+@dataclass(frozen=True)
+class Placement:
+    replica_cpus: float
+    shard_cpus: float
+    replica_gpus: float
+    threads: int
+
+
+def plan_resources(c: TrainConfig) -> Placement:
+    """Defaults give each actor an equal share of the cluster's CPUs, at most one; what was asked
+    for explicitly must fit, or the job stops here instead of waiting forever for resources."""
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 0.0)
+    share = min(1.0, cpus / (c.replicas + c.shards)) if cpus else 0.0
+    replica_cpus = share if c.replica_cpus is None else c.replica_cpus
+    shard_cpus = share if c.shard_cpus is None else c.shard_cpus
+    needed = c.replicas * replica_cpus + c.shards * shard_cpus
+    if needed > cpus + 1e-9:
+        raise UserError(f"replica_cpus/shard_cpus ask for {needed:g} CPUs in all "
+                        f"({c.replicas} x {replica_cpus:g} + {c.shards} x {shard_cpus:g}) but the "
+                        f"cluster has {cpus:g}: lower --replica-cpus/--shard-cpus or add nodes")
+    gpus = 1.0 if c.device == "cuda" else 0.0
+    if gpus and resources.get("GPU", 0.0) < c.replicas:
+        raise UserError(f"device cuda gives each of {c.replicas} replicas a GPU but the cluster has "
+                        f"{resources.get('GPU', 0.0):g}: use fewer --replicas or --device cpu")
+    threads = c.threads or max(1, int(replica_cpus))
+    return Placement(round(replica_cpus, 4), round(shard_cpus, 4), gpus, threads)
+
+
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """Pins an actor to the driver's node (the evaluator writes model.pt into the run directory)."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

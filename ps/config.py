@@ -1,0 +1,128 @@
+"""TrainConfig: the one typed configuration of a training job, from YAML and flags, validated at the boundary."""
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ps.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def opt(default: Any, help: str):
+    """A config field whose help text the CLI shows for its flag."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    replicas: int = opt(4, "N model replicas, each with a disjoint partition of the data")
+    shards: int = opt(2, "M parameter-server shards")
+    model: str = opt("cnn", "mlp | cnn | package.module:factory")
+    dataset: str = opt("fashion-mnist", "fashion-mnist | synthetic")
+    data_dir: Optional[str] = opt(None, "folder with the four IDX files (else DOWNPOUR_DATA, cache, Debian)")
+    epochs: int = opt(3, "passes of each replica over its own partition")
+    steps: Optional[int] = opt(None, "steps per replica; overrides epochs when set")
+    batch_size: int = opt(128, "samples per replica step")
+    optimizer: str = opt("adam", "server optimizer: sgd | momentum | adagrad | adam [:key=value,...]")
+    lr: float = opt(0.001, "server learning rate, scaled per push by the lr rule")
+    local_lr: Optional[float] = opt(None, "replica's own SGD step between fetches (n_fetch > 1); default lr")
+    lr_rule: str = opt("inverse", "constant | inverse | inverse_mean | exponential | pkg.mod:fn [:k=v]")
+    n_fetch: int = opt(1, "fetch parameters every n_fetch steps")
+    n_push: int = opt(1, "push accumulated gradients every n_push steps")
+    max_inflight: int = opt(2, "pushes a replica may have unacknowledged before it waits")
+    prefetch: bool = opt(True, "issue the next fetch before computing (overlap; adds ~1 staleness)")
+    sharding: str = opt("balanced", "balanced | range")
+    address: Optional[str] = opt(None, "Ray cluster to join; none starts a local Ray")
+    device: str = opt("auto", "auto | cpu | cuda, for replicas")
+    seed: int = opt(0, "seeds the initial weights, the data partitions and the batch order")
+    run_dir: Optional[str] = opt(None, "default runs/<time>-<model>-r<N>s<M>")
+    eval_every: float = opt(1.0, "evaluate every this many epochs of progress (0: only at the end)")
+    replica_cpus: Optional[float] = opt(None, "Ray CPUs per replica; default: what fits the cluster")
+    shard_cpus: Optional[float] = opt(None, "Ray CPUs per shard; default: what fits the cluster")
+    threads: Optional[int] = opt(None, "torch threads per replica; default max(1, replica_cpus)")
+    timeout_s: float = opt(300.0, "longest wait on any single reply before the job fails")
+    dry_run: bool = opt(False, "a few steps on a small test subset, to check a set-up")
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+_POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight")
+_CHOICES = {"device": DEVICES}
+
+
+def from_mapping(values: dict, source: str) -> TrainConfig:
+    """Build a config from YAML or flag values; unknown keys and wrong types are UserErrors."""
+    checked = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise UserError(f"{source}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")
+        checked[name] = _coerce(name, value, source)
+    config = TrainConfig(**checked)
+    validate(config)
+    return config
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _base_type(typing.get_type_hints(TrainConfig)[name])
+    optional = FIELDS[name].default is None
+    if value is None and optional:
+        return None
+    ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise UserError(f"{source}: {name} is {value!r} ({type(value).__name__}); expected {kind.__name__}")
+    return kind(value)
+
+
+def _base_type(hint) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def validate(c: TrainConfig) -> None:
+    """Range checks that need no imports; names of models, rules and optimizers are checked by the job."""
+    for name in _POSITIVE_INTS:
+        value = getattr(c, name)
+        if value < 1:
+            raise UserError(f"{name} is {value}: set --{name.replace('_', '-')} to 1 or more")
+    if c.steps is not None and c.steps < 1:
+        raise UserError(f"steps is {c.steps}: set --steps to 1 or more, or leave it out to use --epochs")
+    for name in ("lr", "timeout_s"):
+        if not (math.isfinite(getattr(c, name)) and getattr(c, name) > 0):
+            raise UserError(f"{name} is {getattr(c, name)}: set --{name.replace('_', '-')} to a number above 0")
+    for name in ("local_lr", "eval_every", "replica_cpus", "shard_cpus"):
+        value = getattr(c, name)
+        if value is not None and not value >= 0:
+            raise UserError(f"{name} is {value}: set --{name.replace('_', '-')} to 0 or more")
+    if c.threads is not None and c.threads < 1:
+        raise UserError(f"threads is {c.threads}: set --threads to 1 or more")
+    for name, allowed in _CHOICES.items():
+        if getattr(c, name) not in allowed:
+            raise UserError(f"{name} is '{getattr(c, name)}': choose one of {', '.join(allowed)}")
+
+
+def to_dict(c: TrainConfig) -> dict:
+    return dataclasses.asdict(c)

@@ -1,0 +1,77 @@
+"""Server-side optimizers: a shard's slice updated in place by torch.optim, with a per-push learning rate.
+
+Using torch.optim on the shard's flat float32 slice makes the server step exactly the step a user's
+single-process training would take (same formulas, same order of operations).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ps.errors import UserError
+from ps.specs import parse_spec
+
+# name -> (torch.optim class, fixed keyword defaults, parameters a user may set)
+_OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {}, ("weight_decay",)),
+    "momentum": (torch.optim.SGD, {"momentum": 0.9}, ("momentum", "dampening", "weight_decay")),
+    "adagrad": (torch.optim.Adagrad, {}, ("eps", "weight_decay", "initial_accumulator_value")),
+    "adam": (torch.optim.Adam, {}, ("beta1", "beta2", "eps", "weight_decay")),
+}
+OPTIMIZERS = tuple(_OPTIMIZERS)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    params: dict
+
+
+def parse_optimizer(spec: str) -> OptimizerSpec:
+    """'adam' or 'momentum:momentum=0.95'; unknown names and parameters are a UserError."""
+    name, params = parse_spec(spec, "optimizer")
+    if name not in _OPTIMIZERS:
+        raise UserError(f"optimizer is '{name}': choose one of {', '.join(OPTIMIZERS)}")
+    allowed = _OPTIMIZERS[name][2]
+    for key, value in params.items():
+        if key not in allowed:
+            raise UserError(f"optimizer '{name}' has no parameter '{key}'; allowed: {', '.join(allowed)}")
+        if value < 0 or (key.startswith("beta") and value >= 1):
+            raise UserError(f"optimizer '{name}': {key}={value} is out of range")
+    return OptimizerSpec(name, params)
+
+
+class ServerOptimizer:
+    """Owns the shard's parameters as a flat float32 tensor and applies one gradient at a time."""
+
+    def __init__(self, spec: OptimizerSpec, initial: np.ndarray, lr: float):
+        cls, defaults, _ = _OPTIMIZERS[spec.name]
+        kwargs = {**defaults, **_torch_kwargs(spec.params)}
+        self.lr = lr
+        # A copy: the shard owns its buffer; `values` exposes it to pull without another copy.
+        self.param = torch.nn.Parameter(torch.tensor(initial, dtype=torch.float32), requires_grad=False)
+        self.param.grad = torch.zeros_like(self.param)
+        self.optim = cls([self.param], lr=lr, **kwargs)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.param.detach().numpy()
+
+    def step(self, grad: np.ndarray, scale: float) -> None:
+        """param <- update(param, grad) with learning rate lr * scale; grad is read, never kept."""
+        # Through numpy: grad is often a read-only view of Ray's object store, which torch warns about.
+        self.param.grad.numpy()[:] = grad
+        self.optim.param_groups[0]["lr"] = self.lr * scale
+        self.optim.step()
+
+    def state_bytes(self) -> int:
+        state = self.optim.state.get(self.param, {})
+        return sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+
+
+def _torch_kwargs(params: dict) -> dict:
+    kwargs = dict(params)
+    if "beta1" in kwargs or "beta2" in kwargs:
+        kwargs["betas"] = (kwargs.pop("beta1", 0.9), kwargs.pop("beta2", 0.999))
+    return kwargs

@@ -1,0 +1,35 @@
+"""One progress line in the terminal: epoch, samples/s, last accuracy, tau p50; redrawn in place on a TTY."""
+
+import sys
+import time
+from typing import Optional, TextIO
+
+PLAIN_EVERY_S = 10.0  # without a TTY (CI, a log file) print a line this often instead of redrawing
+
+
+class ProgressLine:
+    def __init__(self, total_epochs: float, stream: TextIO = sys.stderr):
+        self.total = total_epochs
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_plain = 0.0
+
+    def update(self, epochs: float, samples_per_s: float, accuracy: Optional[float],
+               tau_p50: Optional[int]) -> None:
+        width = 20
+        filled = int(width * min(1.0, epochs / self.total)) if self.total else width
+        acc = "-" if accuracy is None else f"{accuracy:.4f}"
+        tau = "-" if tau_p50 is None else str(tau_p50)
+        text = (f"[{'=' * filled}{' ' * (width - filled)}] epoch {epochs:5.2f}/{self.total:g}  "
+                f"{samples_per_s:8.0f} samples/s  acc {acc}  tau p50 {tau}")
+        if self.tty:
+            self.stream.write("\r" + text)
+            self.stream.flush()
+        elif time.time() - self._last_plain >= PLAIN_EVERY_S:
+            self.stream.write(text + "\n")
+            self._last_plain = time.time()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,124 @@
+"""Staleness-aware learning-rate rules: pure functions of a push's staleness, and their registry.
+
+A rule is `fn(ctx: StalenessContext, **params) -> float | Decision`. A float is the factor the
+shard multiplies its learning rate by. A `Decision` can also reject the push (gating); rules that
+compensate the gradient itself (DC-ASGD) will get their own hook beside this one.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+from ps.errors import UserError
+from ps.specs import is_plugin_path, load_plugin, parse_spec
+
+
+@dataclass(frozen=True)
+class StalenessContext:
+    """What a shard knows when a push arrives. `tau` = shard version now - version the gradient used."""
+    tau: int
+    mean_tau: float  # running mean of tau over this shard's accepted pushes, this one included
+    version: int     # the shard's version before this push is applied
+
+
+@dataclass(frozen=True)
+class Decision:
+    scale: float
+    accept: bool = True
+    reason: Optional[str] = None  # why a push was rejected, for the event log
+
+
+RuleFn = Callable[..., Union[float, Decision]]
+
+
+def constant(ctx: StalenessContext, alpha: float = 1.0) -> float:
+    """Dean et al. 2012: staleness is ignored."""
+    return alpha
+
+
+def inverse(ctx: StalenessContext, alpha: float = 1.0) -> float:
+    """Zhang, Gupta, Lian, Liu 2016: alpha / tau, with tau 0 treated as 1."""
+    return alpha / max(1, ctx.tau)
+
+
+def inverse_mean(ctx: StalenessContext, alpha: float = 1.0) -> float:
+    """Rudra (Gupta et al.): alpha over the running mean staleness, floored at 1."""
+    return alpha / max(1.0, ctx.mean_tau)
+
+
+def exponential(ctx: StalenessContext, alpha: float = 1.0, gamma: float = 0.9) -> float:
+    """alpha * gamma**tau: halves the step every log(2)/-log(gamma) versions of staleness."""
+    return alpha * gamma ** ctx.tau
+
+
+RULES: dict[str, RuleFn] = {
+    "constant": constant,
+    "inverse": inverse,
+    "inverse_mean": inverse_mean,
+    "exponential": exponential,
+}
+
+# Allowed range of each built-in parameter: (low, high, low inclusive).
+_BOUNDS = {"alpha": (0.0, math.inf, False), "gamma": (0.0, 1.0, False)}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule bound to its parameters; `decide` is what the shard calls per push."""
+    name: str
+    fn: RuleFn
+    params: dict
+
+    def decide(self, ctx: StalenessContext) -> Decision:
+        out = self.fn(ctx, **self.params)
+        decision = out if isinstance(out, Decision) else Decision(scale=float(out))
+        if not (math.isfinite(decision.scale) and decision.scale >= 0):
+            raise ValueError(f"lr rule '{self.name}' returned scale {decision.scale} at tau={ctx.tau}; "
+                             "a rule must return a finite number >= 0")
+        return decision
+
+
+def make_rule(spec: str) -> Rule:
+    """Build a rule from '--lr-rule' text; every problem is a UserError raised before training."""
+    name, params = parse_spec(spec, "lr_rule")
+    if name in RULES:
+        fn = RULES[name]
+        _check_builtin_params(name, fn, params)
+    elif is_plugin_path(name):
+        fn = load_plugin(name, "lr_rule")
+        if not callable(fn):
+            raise UserError(f"lr_rule '{name}' is not callable; it must be fn(ctx, **params) -> float")
+        _check_signature(name, fn, params)
+    else:
+        raise UserError(f"lr_rule is '{name}': choose one of {', '.join(RULES)} "
+                        "or give your own as package.module:function")
+    rule = Rule(name, fn, params)
+    _smoke_test(rule)
+    return rule
+
+
+def _check_builtin_params(name: str, fn: RuleFn, params: dict) -> None:
+    _check_signature(name, fn, params)
+    for key, value in params.items():
+        low, high, low_ok = _BOUNDS[key]
+        if not ((value >= low if low_ok else value > low) and value <= high):
+            raise UserError(f"lr_rule '{name}': {key}={value} is out of range; allowed {low} < {key} <= {high}")
+
+
+def _check_signature(name: str, fn: RuleFn, params: dict) -> None:
+    try:
+        inspect.signature(fn).bind(StalenessContext(0, 0.0, 0), **params)
+    except TypeError as exc:
+        raise UserError(f"lr_rule '{name}' does not take these parameters {sorted(params)}: {exc}") from None
+    except ValueError:
+        pass  # builtins without a signature: the smoke test below calls them anyway
+
+
+def _smoke_test(rule: Rule) -> None:
+    """Call the rule on a few staleness values now, so a broken plug-in fails before any actor starts."""
+    for tau in (0, 1, 4, 64):
+        try:
+            rule.decide(StalenessContext(tau=tau, mean_tau=float(tau), version=tau))
+        except Exception as exc:  # a user's plug-in may raise anything: report it at the boundary
+            raise UserError(f"lr_rule '{rule.name}' failed at tau={tau}: {exc}") from None

@@ -1,0 +1,66 @@
+"""The run directory: one folder per run holding config.yaml, summary.json, the event log and model.pt."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ps.errors import UserError
+from ps.events import LOG_NAME
+
+CONFIG_NAME, SUMMARY_NAME, MODEL_NAME = "config.yaml", "summary.json", "model.pt"
+
+
+def create(run_dir: Optional[str], label: str, root: str = "runs") -> Path:
+    """Makes the folder; refuses one that already holds a run, so no result is ever overwritten."""
+    if run_dir is None:
+        base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+        path, n = base, 1
+        while path.exists():
+            path, n = Path(f"{base}-{n}"), n + 1
+    else:
+        path = Path(run_dir)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"run_dir {path} is a file: give --run-dir a folder path")
+        if any((path / name).exists() for name in (SUMMARY_NAME, LOG_NAME, MODEL_NAME)):
+            raise UserError(f"run_dir {path} already holds a run: choose another --run-dir or remove it")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"run_dir {path}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"run_dir {path} is not writable: choose another --run-dir")
+    return path
+
+
+def remove_if_empty(path: Path) -> None:
+    """Undoes `create` when the job stops before writing anything."""
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def write_config(path: Path, config: dict) -> None:
+    (path / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """Written to a temporary name and renamed, so a reader never sees half a summary."""
+    tmp = path / (SUMMARY_NAME + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path / SUMMARY_NAME)
+
+
+def read_summary(path: Path) -> dict:
+    return json.loads((Path(path) / SUMMARY_NAME).read_text())
+
+
+def require_run(path: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"run directory {p} does not exist: give the folder `downpour train` printed")
+    if not (p / LOG_NAME).is_file():
+        raise UserError(f"{p} holds no event log ({LOG_NAME}): is it a downpour run directory?")
+    return p

@@ -1,0 +1,151 @@
+"""ModelReplica: one asynchronous Downpour client (a plain class; the job wraps it with ray.remote).
+
+It trains a full copy of the model on its own partition of the data, fetching parameters from every
+shard every n_fetch steps and pushing accumulated gradients every n_push steps, without waiting.
+"""
+
+import collections
+import time
+from typing import Sequence
+
+import numpy as np
+import ray
+import torch
+import torch.nn.functional as F
+
+from ps import events
+from ps.config import TrainConfig
+from replicas.data import epoch_batches, normalise, partition
+from replicas.flat import FlatParams
+from replicas.models import build_model
+from sharding import ShardPlan
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for but this replica sees no GPU: "
+                           "give replicas GPUs (num_gpus) or use --device cpu")
+    return torch.device(name)
+
+
+class ModelReplica:
+    """Run in an actor with max_concurrency=2: `run` trains on one thread while the job calls
+    `progress` and `drain_events` on the other (both only read counters or pop a deque)."""
+
+    def __init__(self, replica_id: int, config: TrainConfig, plan: ShardPlan, shards: Sequence,
+                 train_images: np.ndarray, train_labels: np.ndarray, threads: int):
+        self.id = replica_id
+        self.c = config
+        self.plan = plan
+        self.shards = list(shards)
+        self.images, self.labels = train_images, train_labels  # read-only views of the object store
+        self.indices = partition(len(train_labels), config.replicas, replica_id, config.seed)
+        self.steps_per_epoch = len(self.indices) // config.batch_size
+        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        torch.set_num_threads(threads)
+        self.device = choose_device(config.device)
+        self.model = build_model(config.model, config.seed).to(self.device)
+        self.flat = FlatParams(self.model, self.device)
+        self.acc = torch.zeros_like(self.flat.grads) if config.n_push > 1 else self.flat.grads
+        self.local_lr = config.lr if config.local_lr is None else config.local_lr
+        self._events = collections.deque()  # fetch records, popped by drain_events on the other thread
+        self._inflight = collections.deque()  # one list of push refs per push round
+        self.step = 0
+        self.counts = collections.Counter()  # pushes, rejected
+        self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait
+
+    # ---- the Downpour loop -------------------------------------------------------------------
+    def run(self) -> dict:
+        """Blocks until this replica has done its steps; returns its counters and timings."""
+        batches = self._batches()
+        fetch = self._start_fetch()
+        versions = pushed_from = None
+        t_first = None
+        for step in range(self.total_steps):
+            if step % self.c.n_fetch == 0:
+                versions = self._install(fetch)
+                if self.c.prefetch and step + self.c.n_fetch < self.total_steps:
+                    fetch = self._start_fetch()  # overlaps the next round trip with this compute
+            t_first = t_first or time.time()
+            pushed_from = pushed_from or versions  # staleness counts from the oldest gradient's fetch
+            self._compute(next(batches), local_step=self.c.n_fetch > 1)
+            if (step + 1) % self.c.n_push == 0 or step + 1 == self.total_steps:
+                self._push(pushed_from)
+                pushed_from = None
+            if not self.c.prefetch and (step + 1) % self.c.n_fetch == 0:
+                fetch = self._start_fetch()  # after our own push: one replica then sees tau = 0
+            self.step = step + 1
+        while self._inflight:
+            self._settle_oldest_push()
+        return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
+                "t_first": t_first, "t_last": time.time(), **self.counts,
+                **{f"{k}_s": v for k, v in self.timers.items()}}
+
+    def _batches(self):
+        epoch = 0
+        while True:
+            yield from epoch_batches(self.indices, self.c.batch_size, epoch, self.c.seed, self.id)
+            epoch += 1
+
+    def _start_fetch(self) -> list:
+        return [shard.pull.remote() for shard in self.shards]
+
+    def _install(self, refs: list) -> list[int]:
+        """Waits for every shard's reply, copying each into the flat parameters as it lands."""
+        t0 = time.time()
+        pending, index = list(refs), {ref: s for s, ref in enumerate(refs)}
+        versions, arrivals, host = [0] * len(refs), [], self.flat.host_values()
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=self.c.timeout_s)
+            if not ready:
+                raise TimeoutError(f"replica {self.id}: no reply from a shard in {self.c.timeout_s:g} s")
+            shard = index[ready[0]]
+            versions[shard], values = ray.get(ready[0])
+            self.plan.assemble_shard(shard, values, host)
+            arrivals.append(time.time())
+        self.flat.upload()
+        self.timers["fetch_wait"] += time.time() - t0
+        self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
+        return versions
+
+    def _compute(self, batch: np.ndarray, local_step: bool) -> None:
+        t0 = time.time()
+        x = torch.from_numpy(normalise(self.images[batch])).to(self.device, non_blocking=True)
+        y = torch.from_numpy(self.labels[batch]).to(self.device, non_blocking=True)
+        self.flat.grads.zero_()
+        F.cross_entropy(self.model(x), y).backward()
+        with torch.no_grad():
+            if self.acc is not self.flat.grads:
+                self.acc.add_(self.flat.grads)
+            if local_step:  # Dean's client also steps its own copy between fetches
+                self.flat.values.add_(self.flat.grads, alpha=-self.local_lr)
+        self.timers["compute"] += time.time() - t0
+
+    def _push(self, versions: list[int]) -> None:
+        """Sends each shard its slice of the accumulated gradient and returns without waiting,
+        unless max_inflight rounds are already unacknowledged."""
+        pieces = self.plan.split(self.flat.host_grads(self.acc))
+        # .remote() serialises each piece now, so the gradient buffer can be reused at once.
+        self._inflight.append([shard.push.remote(piece, versions[s], self.id)
+                               for s, (shard, piece) in enumerate(zip(self.shards, pieces))])
+        if self.acc is not self.flat.grads:
+            self.acc.zero_()
+        while len(self._inflight) > self.c.max_inflight:
+            self._settle_oldest_push()
+
+    def _settle_oldest_push(self) -> None:
+        t0 = time.time()
+        results = ray.get(self._inflight.popleft(), timeout=self.c.timeout_s)
+        self.counts["pushes"] += len(results)
+        self.counts["rejected"] += sum(not r.accepted for r in results)
+        self.timers["push_wait"] += time.time() - t0
+
+    # ---- called by the job on the actor's second thread -----------------------------------------
+    def progress(self) -> dict:
+        return {"replica": self.id, "step": self.step, "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    def drain_events(self) -> list[dict]:
+        return [self._events.popleft() for _ in range(len(self._events))]

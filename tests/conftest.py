@@ -1,0 +1,26 @@
+"""Shared fixtures: one local Ray for the whole test session, started only by tests that need it."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The real Fashion-MNIST files: DOWNPOUR_DATA (CI sets it), else the shared copy beside the repo."""
+    path = Path(os.environ.get("DOWNPOUR_DATA") or SHARED_DATA)
+    if not path.is_dir():
+        pytest.skip("Fashion-MNIST not found: set DOWNPOUR_DATA to the folder of its four IDX files")
+    return path

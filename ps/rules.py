@@ -85,6 +85,8 @@ def make_rule(spec: str) -> Rule:
     if name in RULES:
         fn = RULES[name]
         _check_builtin_params(name, fn, params)
+    elif name.partition(":")[0] in RULES:
+        raise UserError(f"lr_rule '{spec}': parameters are key=value, e.g. {name.partition(':')[0]}:alpha=0.5")
     elif is_plugin_path(name):
         fn = load_plugin(name, "lr_rule")
         if not callable(fn):

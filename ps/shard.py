@@ -76,7 +76,8 @@ class ParameterShard:
         if not isinstance(fetched_version, (int, np.integer)) or not 0 <= fetched_version <= self.version:
             return (f"version: fetched_version {fetched_version!r} is not in 0..{self.version}",
                     math.nan)
-        norm = math.sqrt(float(np.dot(grad, grad)))
+        with np.errstate(over="ignore"):
+            norm = math.sqrt(float(np.dot(grad, grad)))
         if not math.isfinite(norm):
             if not np.isfinite(grad).all():
                 return "nonfinite: gradient holds NaN or Inf", math.nan

@@ -1,0 +1,156 @@
+"""ParameterShard without Ray: exact updates, torch.optim equivalence, rejected pushes, events."""
+
+import numpy as np
+import pytest
+import torch
+
+from ps.errors import UserError
+from ps.optimizers import OPTIMIZERS, parse_optimizer
+from ps.shard import ParameterShard
+
+SIZE = 257
+
+
+def make_shard(optimizer="sgd", lr=0.25, rule="constant", initial=None):
+    w0 = np.arange(SIZE, dtype=np.float32) if initial is None else initial
+    return ParameterShard(0, w0, parse_optimizer(optimizer), lr, rule)
+
+
+def snapshot(shard):
+    version, values = shard.pull()
+    return version, values.copy()
+
+
+def test_k_pushes_of_a_fixed_gradient_leave_w0_minus_k_lr_g():
+    # values chosen so float32 arithmetic is exact: the check is equality, not closeness
+    rng = np.random.default_rng(0)
+    g = rng.integers(-4, 5, SIZE).astype(np.float32) / 2
+    shard, k, lr = make_shard(lr=0.25), 7, 0.25
+    _, w0 = snapshot(shard)
+    for _ in range(k):
+        assert shard.push(g, shard.version, replica_id=0).accepted
+    version, w = shard.pull()
+    assert version == k
+    np.testing.assert_array_equal(w, w0 - k * lr * g)
+
+
+TORCH_OPTIMIZERS = {
+    "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr),
+    "momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
+    "adagrad": lambda p, lr: torch.optim.Adagrad(p, lr=lr),
+    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_shard_at_tau_zero_matches_torch_optim_step_for_step(name):
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal(SIZE).astype(np.float32)
+    shard = make_shard(name, lr=0.01, rule="inverse", initial=w0)
+    ref = torch.nn.Parameter(torch.tensor(w0))
+    opt = TORCH_OPTIMIZERS[name]([ref], 0.01)
+    for _ in range(25):
+        g = rng.standard_normal(SIZE).astype(np.float32)
+        assert shard.push(g, shard.version, replica_id=0).tau == 0
+        ref.grad = torch.tensor(g)
+        opt.step()
+        np.testing.assert_array_equal(shard.pull()[1], ref.detach().numpy())
+
+
+def test_inverse_rule_scales_the_step_by_one_over_tau():
+    shard = make_shard(lr=0.5, rule="inverse")
+    g = np.ones(SIZE, np.float32)
+    for _ in range(4):
+        shard.push(g, shard.version, 0)
+    _, before = snapshot(shard)
+    result = shard.push(g, fetched_version=0, replica_id=1)  # computed on version 0, applied at 4
+    assert (result.tau, result.scale) == (4, 0.25)
+    np.testing.assert_array_equal(shard.pull()[1], before - 0.5 * 0.25 * g)
+
+
+BAD_PUSHES = {
+    "shape": (np.ones(SIZE + 1, np.float32), 0),
+    "dtype": (np.ones(SIZE, np.float64), 0),
+    "type": ([1.0] * SIZE, 0),
+    "nonfinite": (np.full(SIZE, np.nan, np.float32), 0),
+    "version": (np.ones(SIZE, np.float32), 99),
+}
+
+
+@pytest.mark.parametrize("reason", BAD_PUSHES)
+def test_a_rejected_push_leaves_parameters_bitwise_unchanged(reason):
+    shard = make_shard("adam", rule="inverse")
+    shard.push(np.ones(SIZE, np.float32), 0, 0)
+    version, before = snapshot(shard)
+    grad, fetched = BAD_PUSHES[reason]
+    result = shard.push(grad, fetched, replica_id=3)
+    assert not result.accepted and result.reason.startswith(reason)
+    after_version, after = shard.pull()
+    assert after_version == version
+    assert after.tobytes() == before.tobytes()
+    assert shard.stats()["rejected"] == {reason: 1}
+    last = shard.drain_events()[-1]
+    assert (last["accepted"], last["replica"], last["reason"]) == (False, 3, result.reason)
+
+
+def test_one_inf_among_finite_values_is_rejected():
+    shard = make_shard()
+    grad = np.zeros(SIZE, np.float32)
+    grad[100] = np.inf
+    _, before = snapshot(shard)
+    assert shard.push(grad, 0, 0).reason.startswith("nonfinite")
+    assert shard.pull()[1].tobytes() == before.tobytes()
+
+
+def test_huge_but_finite_gradient_is_accepted_with_its_norm():
+    shard = make_shard(lr=1e-30)
+    grad = np.full(SIZE, 1e30, np.float32)  # its squared norm overflows float32
+    assert shard.push(grad, 0, 0).accepted
+    assert shard.drain_events()[0]["grad_norm"] == pytest.approx(1e30 * np.sqrt(SIZE), rel=1e-6)
+
+
+def test_a_gating_rule_rejects_without_changing_parameters(tmp_path, monkeypatch):
+    (tmp_path / "gating_rule.py").write_text(
+        "from ps.rules import Decision\n"
+        "def gate(ctx, limit=1.0):\n"
+        "    return Decision(1.0) if ctx.tau <= limit else Decision(0.0, False, 'too stale')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shard = make_shard(rule="gating_rule:gate")
+    g = np.ones(SIZE, np.float32)
+    for _ in range(3):
+        shard.push(g, shard.version, 0)
+    version, before = snapshot(shard)
+    result = shard.push(g, 0, 1)
+    assert (result.accepted, result.tau, result.reason) == (False, 3, "too stale")
+    assert shard.pull()[0] == version and shard.pull()[1].tobytes() == before.tobytes()
+
+
+def test_push_events_record_versions_tau_and_scale():
+    shard = make_shard(rule="inverse")
+    g = np.ones(SIZE, np.float32)
+    shard.push(g, 0, 0)
+    shard.push(g, 0, 1)
+    records = shard.drain_events()
+    assert [(r["replica"], r["fetched"], r["applied"], r["tau"], r["scale"]) for r in records] == [
+        (0, 0, 0, 0, 1.0), (1, 0, 1, 1, 1.0)]
+    assert records[0]["grad_norm"] == pytest.approx(np.sqrt(SIZE))
+    assert shard.drain_events() == []
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("rmsprop", ["optimizer", "sgd", "adam"]),
+    ("adam:momentum=0.9", ["no parameter", "momentum"]),
+    ("adam:beta1=1.5", ["beta1"]),
+])
+def test_bad_optimizer_specs_are_user_errors(spec, words):
+    with pytest.raises(UserError) as err:
+        parse_optimizer(spec)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_optimizer_parameters_reach_torch():
+    shard = make_shard("momentum:momentum=0.5", lr=1.0, initial=np.zeros(SIZE, np.float32))
+    g = np.ones(SIZE, np.float32)
+    shard.push(g, 0, 0)
+    shard.push(g, 1, 0)
+    np.testing.assert_array_equal(shard.pull()[1], np.full(SIZE, -(1 + 1.5), np.float32))

@@ -1,7 +1,9 @@
 """Shard-plan data types: which ranges of the flat parameter vector each parameter-server shard owns,
 and how to split a flat vector into per-shard arrays and assemble them back."""
 
+from bisect import bisect_right
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 from typing import Sequence
 
@@ -109,11 +111,19 @@ class ShardPlan:
         """
         found = []
         for p in self.shards[shard]:
-            for t in self.tensors:
+            # Start at the last tensor beginning at or before the piece; offsets are sorted.
+            i = bisect_right(self._offsets, p.start) - 1
+            while i < len(self.tensors) and self.tensors[i].offset < p.stop:
+                t = self.tensors[i]
                 lo, hi = max(p.start, t.offset), min(p.stop, t.stop)
                 if lo < hi:
                     found.append((t.name, lo - t.offset, hi - t.offset))
+                i += 1
         return found
+
+    @cached_property
+    def _offsets(self) -> list[int]:
+        return [t.offset for t in self.tensors]
 
     def _check_flat(self, arr: np.ndarray, what: str) -> None:
         if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.shape[0] != self.total:

@@ -96,21 +96,36 @@ def _balanced_shards(tensors: tuple[TensorSpec, ...], num_shards: int,
         load, i = heapq.heappop(heap)
         shards[i].append(p)
         heapq.heappush(heap, (load + p.size * itemsize, i))
-    _fill_empty(shards)
+    _fill_empty(shards, itemsize)
     return tuple(_merge(s) for s in shards)
 
 
-def _fill_empty(shards: list[list[Piece]]) -> None:
+def _fill_empty(shards: list[list[Piece]], itemsize: int) -> None:
     """With fewer pieces than shards some shard stays empty: halve big pieces of heavy shards to feed it."""
+    loads = [sum(p.size for p in s) * itemsize for s in shards]
+    # Max-heap of donor candidates keyed (-bytes, index), so ties go to the lowest index; entries whose
+    # bytes no longer match `loads` are stale and skipped, which keeps this O(n log n), not O(n^2).
+    heap = [(-load, i) for i, load in enumerate(loads) if any(p.size > 1 for p in shards[i])]
+    heapq.heapify(heap)
     for empty in [i for i, s in enumerate(shards) if not s]:
-        # num_shards <= total guarantees a piece of size > 1 exists while some shard is empty.
-        donors = [i for i, s in enumerate(shards) if any(p.size > 1 for p in s)]
-        donor = max(donors, key=lambda i: (sum(p.size for p in shards[i]), -i))
+        donor = _pop_donor(heap, loads)  # num_shards <= total guarantees one exists
         big = max((p for p in shards[donor] if p.size > 1), key=lambda p: (p.size, -p.start))
         mid = big.start + big.size // 2
         shards[donor].remove(big)
         shards[donor].append(Piece(big.start, mid))
         shards[empty].append(Piece(mid, big.stop))
+        for i in (donor, empty):
+            loads[i] = sum(p.size for p in shards[i]) * itemsize
+            if any(p.size > 1 for p in shards[i]):
+                heapq.heappush(heap, (-loads[i], i))
+
+
+def _pop_donor(heap: list[tuple[int, int]], loads: list[int]) -> int:
+    """The heaviest shard that still has a piece of size > 1 (lowest index on ties)."""
+    while True:
+        neg, i = heapq.heappop(heap)
+        if -neg == loads[i]:
+            return i
 
 
 def _merge(pieces: list[Piece]) -> tuple[Piece, ...]:

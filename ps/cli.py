@@ -36,7 +36,7 @@ def handle_train(args) -> int:
     values = cfg.load_yaml(args.config) if args.config else {}
     source = f"config file {args.config}" if args.config else "flags"
     flags = {k: v for k, v in vars(args).items() if k in cfg.FIELDS}
-    config = cfg.from_mapping({**{k.replace("-", "_"): v for k, v in values.items()}, **flags}, source)
+    config = cfg.from_mapping({**values, **flags}, source)  # later keys win: flags over the file
     _, summary = train(config)
     return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"], EXIT_RUN_FAILED)
 

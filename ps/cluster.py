@@ -1,6 +1,7 @@
 """Ray at the edge: connect to (or start) Ray, size the actors' resources, and create the actors."""
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -55,7 +56,12 @@ def plan_resources(c: TrainConfig) -> Placement:
         raise UserError(f"device cuda gives each of {c.replicas} replicas a GPU but the cluster has "
                         f"{resources.get('GPU', 0.0):g}: use fewer --replicas or --device cpu")
     threads = c.threads or max(1, int(replica_cpus))
-    return Placement(round(replica_cpus, 4), round(shard_cpus, 4), gpus, threads)
+    return Placement(_floor4(replica_cpus), _floor4(shard_cpus), gpus, threads)
+
+
+def _floor4(x: float) -> float:
+    """Ray takes fractional resources to 4 decimals; rounding up could overcommit (3 x 0.6667 > 2)."""
+    return math.floor(x * 10_000) / 10_000
 
 
 def on_this_node() -> NodeAffinitySchedulingStrategy:

@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float = opt(0.001, "server learning rate, scaled per push by the lr rule")
     local_lr: Optional[float] = opt(None, "replica's own SGD step between fetches (n_fetch > 1); default lr")
     lr_rule: str = opt("inverse", "constant | inverse | inverse_mean | exponential | pkg.mod:fn [:k=v]")
+    lr_schedule: str = opt("cosine", "constant | cosine | linear: lr over the planned updates of each shard")
     n_fetch: int = opt(1, "fetch parameters every n_fetch steps")
     n_push: int = opt(1, "push accumulated gradients every n_push steps")
     max_inflight: int = opt(2, "pushes a replica may have unacknowledged before it waits")
@@ -59,7 +60,7 @@ _CHOICES = {"device": DEVICES}
 def from_mapping(values: dict, source: str) -> TrainConfig:
     """Build a config from YAML or flag values; unknown keys and wrong types are UserErrors."""
     checked = {}
-    for key, value in values.items():
+    for key, value in values.items():  # 'batch-size' and 'batch_size' are one key; the last wins
         name = str(key).replace("-", "_")
         if name not in FIELDS:
             raise UserError(f"{source}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")

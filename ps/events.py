@@ -79,8 +79,12 @@ def read_events(path: Path) -> Iterator[dict]:
                 first = False
             yield record
     except (msgpack.UnpackException, ValueError) as exc:
+        if first:
+            raise LogError(f"{path} is not a downpour event log: its first record is unreadable") from None
         warnings.warn(f"{path}: skipped a corrupt record at the end ({exc})")
-    if unpacker.tell() < path.stat().st_size and not first:
+    if first:
+        raise LogError(f"{path} holds no records: the run stopped before its actors started")
+    if unpacker.tell() < path.stat().st_size:
         warnings.warn(f"{path}: skipped a torn last record ({path.stat().st_size - unpacker.tell()} bytes)")
 
 

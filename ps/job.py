@@ -20,6 +20,7 @@ from ps.errors import UserError
 from ps.optimizers import OptimizerSpec, parse_optimizer
 from ps.progress import ProgressLine
 from ps.rules import make_rule
+from ps.schedules import get_schedule
 from ps.shard import ParameterShard
 from ps.staleness import summarize
 from replicas.data import Dataset, load_dataset
@@ -51,6 +52,7 @@ def prepare(c: TrainConfig) -> Prepared:
     plan = make_plan(named_shapes(model), c.shards, c.sharding)
     optimizer = parse_optimizer(c.optimizer)
     make_rule(c.lr_rule)
+    get_schedule(c.lr_schedule)
     dataset = load_dataset(c.dataset, c.data_dir, c.seed)
     smallest = len(dataset.train_labels) // c.replicas
     if c.batch_size > smallest:
@@ -63,8 +65,9 @@ def prepare(c: TrainConfig) -> Prepared:
 
 
 class TrainingJob:
-    def __init__(self, prepared: Prepared, placement: cluster.Placement, run_path: Path, out=sys.stderr):
-        self.p, self.c, self.place, self.path, self.out = prepared, prepared.config, placement, run_path, out
+    def __init__(self, prepared: Prepared, placement: cluster.Placement, run_path: Path, out=None):
+        self.p, self.c, self.place, self.path = prepared, prepared.config, placement, run_path
+        self.out = out or sys.stderr
         self.shards, self.replicas, self.evaluator = [], [], None
         self.log = events.EventLog(run_path / events.LOG_NAME)
         self.taus = [[] for _ in range(self.c.shards)]  # accepted tau per shard, from drained events
@@ -95,7 +98,8 @@ class TrainingJob:
         self.log.append([events.header_record(time.time(), c.replicas, c.shards,
                                               [self.p.plan.shard_numel(s) for s in range(c.shards)])])
         shard_cls = ray.remote(ParameterShard).options(num_cpus=place.shard_cpus)
-        self.shards = [shard_cls.remote(s, piece, self.p.optimizer, c.lr, c.lr_rule)
+        self.shards = [shard_cls.remote(s, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
+                                        self._planned_updates())
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         data = self.p.dataset
         train = ray.put(data.train_images), ray.put(data.train_labels)
@@ -106,12 +110,27 @@ class TrainingJob:
         self.evaluator = ray.remote(Evaluator).options(
             num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(
             c.model, c.seed, self.p.plan, self.shards, data.test_images, data.test_labels, c.timeout_s)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Every actor must be placed and built within timeout_s; a request the cluster cannot
+        meet would otherwise wait forever."""
+        actors = self.shards + self.replicas + [self.evaluator]
+        ready, _ = ray.wait([a.__ray_ready__.remote() for a in actors], num_returns=len(actors),
+                            timeout=self.c.timeout_s)
+        ray.get(ready)  # an actor whose constructor raised fails here, with its error
+        if len(ready) < len(actors):
+            raise TimeoutError(
+                f"{len(actors) - len(ready)} of {len(actors)} actors did not start within "
+                f"{self.c.timeout_s:g} s; each replica asks for {self.place.replica_cpus:g} CPU and "
+                f"{self.place.replica_gpus:g} GPU, each shard {self.place.shard_cpus:g} CPU: "
+                "compare with `ray status`")
 
     def _supervise(self) -> list[dict]:
         """Waits for every replica's run, draining events, evaluating and redrawing progress meanwhile."""
         c, runs = self.c, [r.run.remote() for r in self.replicas]
         progress = ProgressLine(self._planned_epochs(), self.out)
-        self._eval_ref, self._next_eval, t_start, pending = None, c.eval_every, time.time(), runs
+        self._eval_ref, self._next_eval, pending = None, c.eval_every, runs
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
             ray.get(done)  # raises here as soon as a replica failed
@@ -121,7 +140,7 @@ class TrainingJob:
             epochs = steps / self._steps_per_epoch
             self._maybe_evaluate(epochs, more_to_come=bool(pending))
             recent = np.concatenate([t[-200:] for t in self.taus])
-            progress.update(epochs, steps * c.batch_size / max(1e-9, time.time() - t_start),
+            progress.update(epochs, steps * c.batch_size,
                             self.evals[-1]["accuracy"] if self.evals else None,
                             summarize(recent)["p50"])
         progress.close()
@@ -133,6 +152,11 @@ class TrainingJob:
     def _steps_per_epoch(self) -> int:
         """Steps of all replicas together in one epoch (each replica over its own partition)."""
         return (len(self.p.dataset.train_labels) // self.c.replicas // self.c.batch_size) * self.c.replicas
+
+    def _planned_updates(self) -> int:
+        """Pushes each shard will receive: what a schedule measures its progress against."""
+        steps = self.c.steps or self.c.epochs * (self._steps_per_epoch // self.c.replicas)
+        return -(-steps // self.c.n_push) * self.c.replicas
 
     def _planned_epochs(self) -> float:
         if self.c.steps:
@@ -230,8 +254,9 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-def train(c: TrainConfig, out=sys.stderr) -> tuple[Path, dict]:
+def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     """The `downpour train` job: prepare (no Ray), then Ray, then the run directory."""
+    out = out or sys.stderr
     prepared = prepare(c)
     c = prepared.config
     path = rundir.create(c.run_dir, f"{c.model}-r{c.replicas}s{c.shards}")

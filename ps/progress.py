@@ -1,21 +1,30 @@
 """One progress line in the terminal: epoch, samples/s, last accuracy, tau p50; redrawn in place on a TTY."""
 
+import collections
 import sys
 import time
 from typing import Optional, TextIO
 
 PLAIN_EVERY_S = 10.0  # without a TTY (CI, a log file) print a line this often instead of redrawing
+RATE_WINDOW = 10      # samples/s over the last this many updates, not since start-up
 
 
 class ProgressLine:
-    def __init__(self, total_epochs: float, stream: TextIO = sys.stderr):
+    def __init__(self, total_epochs: float, stream: Optional[TextIO] = None):
         self.total = total_epochs
-        self.stream = stream
+        self.stream = stream or sys.stderr
         self.tty = stream.isatty()
         self._last_plain = 0.0
+        self._history = collections.deque(maxlen=RATE_WINDOW)  # (time, samples)
 
-    def update(self, epochs: float, samples_per_s: float, accuracy: Optional[float],
+    def rate(self, samples: int) -> float:
+        self._history.append((time.time(), samples))
+        (t0, s0), (t1, s1) = self._history[0], self._history[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def update(self, epochs: float, samples: int, accuracy: Optional[float],
                tau_p50: Optional[int]) -> None:
+        samples_per_s = self.rate(samples)
         width = 20
         filled = int(width * min(1.0, epochs / self.total)) if self.total else width
         acc = "-" if accuracy is None else f"{accuracy:.4f}"

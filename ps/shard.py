@@ -14,6 +14,7 @@ import numpy as np
 from ps import events
 from ps.optimizers import OptimizerSpec, ServerOptimizer
 from ps.rules import Rule, StalenessContext, make_rule
+from ps.schedules import get_schedule
 
 
 class PushResult(NamedTuple):
@@ -25,10 +26,11 @@ class PushResult(NamedTuple):
 
 class ParameterShard:
     def __init__(self, shard_id: int, initial: np.ndarray, optimizer: OptimizerSpec, lr: float,
-                 lr_rule: "str | Rule"):
+                 lr_rule: "str | Rule", lr_schedule: str = "constant", planned_updates: int = 1):
         self.shard_id = shard_id
         self.optimizer = ServerOptimizer(optimizer, np.asarray(initial, dtype=np.float32).ravel(), lr)
         self.rule = lr_rule if isinstance(lr_rule, Rule) else make_rule(lr_rule)
+        self.schedule, self.planned_updates = get_schedule(lr_schedule), max(1, planned_updates)
         self.version = 0        # number of updates applied so far
         self._tau_sum = 0       # over accepted pushes, for the running mean a rule may use
         self.rejected = Counter()  # reason -> count
@@ -60,7 +62,7 @@ class ParameterShard:
         if reason is not None:
             self.rejected[reason.split(":")[0]] += 1
             return PushResult(False, tau, scale, reason)
-        self.optimizer.step(grad, scale)
+        self.optimizer.step(grad, scale * self.schedule(self.version / self.planned_updates))
         self.version += 1
         self._tau_sum += tau
         return PushResult(True, tau, scale)

@@ -18,6 +18,7 @@ from ps.config import TrainConfig
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
 from replicas.models import build_model
+from replicas.prefetch import JustInTime, ScheduledFetch
 from sharding import ShardPlan
 
 
@@ -53,29 +54,30 @@ class ModelReplica:
         self._events = collections.deque()  # fetch records, popped by drain_events on the other thread
         self._inflight = collections.deque()  # one list of push refs per push round
         self.step = 0
+        self.jit, self._last_compute_s = JustInTime(), 0.0
         self.counts = collections.Counter()  # pushes, rejected
         self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait
 
     # ---- the Downpour loop -------------------------------------------------------------------
     def run(self) -> dict:
         """Blocks until this replica has done its steps; returns its counters and timings."""
-        batches = self._batches()
-        fetch = self._start_fetch()
-        versions = pushed_from = None
-        t_first = None
+        batches, fetch, pushed_from, t_first = self._batches(), self._start_fetch(), None, None
         for step in range(self.total_steps):
             if step % self.c.n_fetch == 0:
                 versions = self._install(fetch)
-                if self.c.prefetch and step + self.c.n_fetch < self.total_steps:
-                    fetch = self._start_fetch()  # overlaps the next round trip with this compute
             t_first = t_first or time.time()
+            fetch_next = (step + 1) % self.c.n_fetch == 0 and step + 1 < self.total_steps
+            # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
+            scheduled = ScheduledFetch(self._start_fetch, self.jit.delay()) if (
+                fetch_next and self.c.prefetch) else None
             pushed_from = pushed_from or versions  # staleness counts from the oldest gradient's fetch
             self._compute(next(batches), local_step=self.c.n_fetch > 1)
+            fetch = scheduled.take() if scheduled else None
             if (step + 1) % self.c.n_push == 0 or step + 1 == self.total_steps:
                 self._push(pushed_from)
                 pushed_from = None
-            if not self.c.prefetch and (step + 1) % self.c.n_fetch == 0:
-                fetch = self._start_fetch()  # after our own push: one replica then sees tau = 0
+            if fetch_next and fetch is None:
+                fetch = self._start_fetch()  # after our own push, so it includes it
             self.step = step + 1
         while self._inflight:
             self._settle_oldest_push()
@@ -89,12 +91,14 @@ class ModelReplica:
             yield from epoch_batches(self.indices, self.c.batch_size, epoch, self.c.seed, self.id)
             epoch += 1
 
-    def _start_fetch(self) -> list:
-        return [shard.pull.remote() for shard in self.shards]
+    def _start_fetch(self) -> tuple[list, float]:
+        return [shard.pull.remote() for shard in self.shards], time.time()
 
-    def _install(self, refs: list) -> list[int]:
+    def _install(self, fetch: tuple[list, float]) -> list[int]:
         """Waits for every shard's reply, copying each into the flat parameters as it lands."""
+        refs, t_issued = fetch
         t0 = time.time()
+        landed = len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
         pending, index = list(refs), {ref: s for s, ref in enumerate(refs)}
         versions, arrivals, host = [0] * len(refs), [], self.flat.host_values()
         while pending:
@@ -107,6 +111,7 @@ class ModelReplica:
             arrivals.append(time.time())
         self.flat.upload()
         self.timers["fetch_wait"] += time.time() - t0
+        self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
         self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
         return versions
 
@@ -121,7 +126,8 @@ class ModelReplica:
                 self.acc.add_(self.flat.grads)
             if local_step:  # Dean's client also steps its own copy between fetches
                 self.flat.values.add_(self.flat.grads, alpha=-self.local_lr)
-        self.timers["compute"] += time.time() - t0
+        self._last_compute_s = time.time() - t0
+        self.timers["compute"] += self._last_compute_s
 
     def _push(self, versions: list[int]) -> None:
         """Sends each shard its slice of the accumulated gradient and returns without waiting,

@@ -111,7 +111,8 @@ class ModelReplica:
             arrivals.append(time.time())
         self.flat.upload()
         self.timers["fetch_wait"] += time.time() - t0
-        self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
+        if self.step:  # the first fetch comes before any compute to time it against
+            self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
         self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
         return versions
 

@@ -1,6 +1,7 @@
 """The `downpour` command: train, staleness, plan. User errors print one line and exit with status 2."""
 
 import argparse
+import os
 import sys
 import typing
 import warnings
@@ -32,6 +33,9 @@ def add_train_parser(sub) -> None:
 
 def handle_train(args) -> int:
     from ps.job import train  # imports torch and ray: keep `downpour --help` fast
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # plug-ins in the current directory, as `python -m` finds them
 
     values = cfg.load_yaml(args.config) if args.config else {}
     source = f"config file {args.config}" if args.config else "flags"

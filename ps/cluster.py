@@ -23,11 +23,19 @@ def connect(address: Optional[str]) -> bool:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True,
-                 include_dashboard=False if not address else None)
+                 include_dashboard=False if not address else None,
+                 runtime_env=None if address else local_runtime_env())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address "
                         "and that `ray status` works there") from None
     return True
+
+
+def local_runtime_env() -> dict:
+    """Workers of a local Ray import user plug-ins (`--model pkg.mod:fn`) from where the driver
+    does: the current directory and PYTHONPATH. A cluster's nodes need them installed instead."""
+    paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
 @dataclass(frozen=True)

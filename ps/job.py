@@ -85,7 +85,13 @@ class TrainingJob:
             status = "interrupted"
         except (ray.exceptions.RayError, TimeoutError) as exc:
             status, error = "failed", _short(exc)
-        final = self._finish(status)
+        try:
+            final = self._finish()
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            final = {}
+            print(f"downpour: no final evaluation: {_short(exc)}", file=self.out)
+            if status == "completed":
+                status, error = "failed", f"final evaluation: {_short(exc)}"
         summary = self._summary(status, error, results, final, time.time() - t0)
         rundir.write_summary(self.path, summary)
         self.log.close()
@@ -194,24 +200,18 @@ class TrainingJob:
                 elif r["kind"] == "fetch":
                     self.fetch_spreads.append(r["spread"])
 
-    def _finish(self, status: str) -> dict:
-        """Final evaluation and model.pt, also after a failure when the shards still answer."""
+    def _finish(self) -> dict:
+        """Final evaluation and model.pt; also tried after a failure, while the shards still answer."""
         if self.evaluator is None:
             return {}
-        try:
-            self._drain()
-            limit = DRY_RUN_TEST_SAMPLES if self.c.dry_run else None
-            final = ray.get(self.evaluator.evaluate.remote(limit), timeout=self.c.timeout_s)
-            ray.get(self.evaluator.save.remote(str(self.path.resolve() / rundir.MODEL_NAME)),
-                    timeout=self.c.timeout_s)
-            self.log.append([events.eval_record(time.time(), final["accuracy"], final["loss"],
-                                                final["versions"], -1)])
-            return final
-        except (ray.exceptions.RayError, TimeoutError) as exc:
-            if status == "completed":
-                raise
-            print(f"downpour: no final evaluation after the {status} run: {_short(exc)}", file=self.out)
-            return {}
+        self._drain()
+        limit = DRY_RUN_TEST_SAMPLES if self.c.dry_run else None
+        final = ray.get(self.evaluator.evaluate.remote(limit), timeout=self.c.timeout_s)
+        ray.get(self.evaluator.save.remote(str(self.path.resolve() / rundir.MODEL_NAME)),
+                timeout=self.c.timeout_s)
+        self.log.append([events.eval_record(time.time(), final["accuracy"], final["loss"],
+                                            final["versions"], -1)])
+        return final
 
     def _summary(self, status, error, results, final, wall_time_s) -> dict:
         c = self.c

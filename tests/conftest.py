@@ -12,7 +12,11 @@ SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # Workers import the test plug-ins (tests/failing_plugins.py) the way a user's would be found.
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
 

@@ -1,5 +1,7 @@
 """The engine on the session's local Ray: replica + shard against torch.optim, and real asynchrony."""
 
+import json
+
 import numpy as np
 import pytest
 import ray as ray_module
@@ -107,3 +109,19 @@ def test_run_directory_holds_what_design_promises(async_run):
     model = build_model("mlp", 0)
     model.load_state_dict(state)  # a plain state_dict of the model
     assert any(r["kind"] == "eval" for r in records)
+
+
+def test_a_failing_run_ends_failed_with_its_summary_and_exit_status_1(ray_session, tmp_path, capsys):
+    from ps.cli import main
+
+    run_dir = tmp_path / "failing"
+    rc = main(["train", "--dataset", "synthetic", "--model", "mlp", "--replicas", "2", "--shards", "1",
+               "--steps", "40", "--lr-rule", "failing_plugins:fail_at:version=30",
+               "--run-dir", str(run_dir), "--timeout-s", "120"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert rc == 1
+    assert summary["status"] == "failed"
+    assert "injected failure at version 30" in summary["error"]
+    pushes = [r for r in events.read_events(run_dir / events.LOG_NAME) if r["kind"] == "push"]
+    assert max(r["applied"] for r in pushes) >= 29  # the log kept what happened before the failure
+    assert "failed" in capsys.readouterr().err

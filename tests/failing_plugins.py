@@ -1,0 +1,8 @@
+"""Plug-ins that fail on purpose, for the failure-handling tests (imported by Ray workers too)."""
+
+
+def fail_at(ctx, version=30.0):
+    """A staleness rule that raises when its shard reaches `version` (the smoke test never does)."""
+    if ctx.version == int(version):
+        raise RuntimeError(f"injected failure at version {ctx.version}")
+    return 1.0

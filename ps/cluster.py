@@ -44,6 +44,9 @@ class Placement:
     shard_cpus: float
     replica_gpus: float
     threads: int
+    # Overlapping a fetch with compute only pays when the replica's core (or GPU) would otherwise
+    # idle during the round trip; on shared cores it gains nothing and adds staleness.
+    prefetch: bool
 
 
 def plan_resources(c: TrainConfig) -> Placement:
@@ -64,7 +67,8 @@ def plan_resources(c: TrainConfig) -> Placement:
         raise UserError(f"device cuda gives each of {c.replicas} replicas a GPU but the cluster has "
                         f"{resources.get('GPU', 0.0):g}: use fewer --replicas or --device cpu")
     threads = c.threads or max(1, int(replica_cpus))
-    return Placement(_floor4(replica_cpus), _floor4(shard_cpus), gpus, threads)
+    return Placement(_floor4(replica_cpus), _floor4(shard_cpus), gpus, threads,
+                     prefetch=c.prefetch if c.prefetch is not None else (replica_cpus >= 1 or gpus > 0))
 
 
 def _floor4(x: float) -> float:

@@ -37,7 +37,8 @@ class TrainConfig:
     n_fetch: int = opt(1, "fetch parameters every n_fetch steps")
     n_push: int = opt(1, "push accumulated gradients every n_push steps")
     max_inflight: int = opt(2, "pushes a replica may have unacknowledged before it waits")
-    prefetch: bool = opt(True, "issue the next fetch before computing (overlap; adds ~1 staleness)")
+    prefetch: Optional[bool] = opt(None, "overlap the next fetch with the compute; default: only "
+                                         "when each replica has a whole CPU or a GPU of its own")
     sharding: str = opt("balanced", "balanced | range")
     address: Optional[str] = opt(None, "Ray cluster to join; none starts a local Ray")
     device: str = opt("auto", "auto | cpu | cuda, for replicas")

@@ -267,6 +267,7 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
         except UserError:
             rundir.remove_if_empty(path)
             raise
+        prepared.config = c = dataclasses.replace(c, prefetch=placement.prefetch)
         rundir.write_config(path, to_dict(c))
         print(f"downpour: run directory {path}", file=out)
         summary = TrainingJob(prepared, placement, path, out).run()

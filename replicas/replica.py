@@ -45,7 +45,7 @@ class ModelReplica:
         self.indices = partition(len(train_labels), config.replicas, replica_id, config.seed)
         self.steps_per_epoch = len(self.indices) // config.batch_size
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
-        torch.set_num_threads(threads)
+        self.threads = threads
         self.device = choose_device(config.device)
         self.model = build_model(config.model, config.seed).to(self.device)
         self.flat = FlatParams(self.model, self.device)
@@ -61,6 +61,7 @@ class ModelReplica:
     # ---- the Downpour loop -------------------------------------------------------------------
     def run(self) -> dict:
         """Blocks until this replica has done its steps; returns its counters and timings."""
+        torch.set_num_threads(self.threads)  # here, on the thread that computes (OpenMP is per thread)
         batches, fetch, pushed_from, t_first = self._batches(), self._start_fetch(), None, None
         for step in range(self.total_steps):
             if step % self.c.n_fetch == 0:

@@ -32,15 +32,17 @@ def add_train_parser(sub) -> None:
 
 
 def handle_train(args) -> int:
-    from ps.job import train  # imports torch and ray: keep `downpour --help` fast
-
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # plug-ins in the current directory, as `python -m` finds them
-
     values = cfg.load_yaml(args.config) if args.config else {}
     source = f"config file {args.config}" if args.config else "flags"
     flags = {k: v for k, v in vars(args).items() if k in cfg.FIELDS}
     config = cfg.from_mapping({**values, **flags}, source)  # later keys win: flags over the file
+    if config.address:
+        # Clusters started by `ray start` (Ray 2.60) want token auth; Ray reads this on import.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # plug-ins in the current directory, as `python -m` finds them
+    from ps.job import train  # imports torch and ray: after the checks, and keeps --help fast
+
     _, summary = train(config)
     return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"], EXIT_RUN_FAILED)
 

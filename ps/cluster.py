@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,16 +20,28 @@ def connect(address: Optional[str]) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        # Ray 2.60 clusters started with `ray start` require token auth from their clients.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        check_reachable(address)
     try:
         ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True,
                  include_dashboard=False if not address else None,
                  runtime_env=None if address else local_runtime_env())
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address "
-                        "and that `ray status` works there") from None
+        raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address, "
+                        "that `ray status` works there, and for a `ray start` cluster "
+                        "RAY_AUTH_MODE=token with its token in ~/.ray/auth_token") from None
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT nobody answers on would make ray.init wait for minutes: fail in seconds instead."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # 'auto' and other forms are resolved by Ray itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"address {address!r}: nothing answers at {host}:{port} ({exc}); "
+                        "start the cluster (`ray start --head`) or fix --address") from None
 
 
 def local_runtime_env() -> dict:
@@ -49,10 +62,10 @@ class Placement:
     prefetch: bool
 
 
-def plan_resources(c: TrainConfig) -> Placement:
-    """Defaults give each actor an equal share of the cluster's CPUs, at most one; what was asked
-    for explicitly must fit, or the job stops here instead of waiting forever for resources."""
-    resources = ray.cluster_resources()
+def plan_resources(c: TrainConfig, resources: dict) -> Placement:
+    """Defaults give each actor an equal share of the cluster's CPUs (`ray.cluster_resources()`),
+    at most one; what was asked for explicitly must fit, or the job stops here instead of waiting
+    forever for resources."""
     cpus = resources.get("CPU", 0.0)
     share = min(1.0, cpus / (c.replicas + c.shards)) if cpus else 0.0
     replica_cpus = share if c.replica_cpus is None else c.replica_cpus

@@ -260,12 +260,13 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     prepared = prepare(c)
     c = prepared.config
     path = rundir.create(c.run_dir, f"{c.model}-r{c.replicas}s{c.shards}")
-    started = cluster.connect(c.address)
+    started = False
     try:
         try:
-            placement = cluster.plan_resources(c)
+            started = cluster.connect(c.address)
+            placement = cluster.plan_resources(c, ray.cluster_resources())
         except UserError:
-            rundir.remove_if_empty(path)
+            rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise
         prepared.config = c = dataclasses.replace(c, prefetch=placement.prefetch)
         rundir.write_config(path, to_dict(c))

@@ -4,6 +4,7 @@ The driver only creates actors, polls counters, evaluates through the evaluator 
 files: gradients and parameters go between replicas and shards directly.
 """
 
+import array
 import dataclasses
 import sys
 import time
@@ -70,7 +71,8 @@ class TrainingJob:
         self.out = out or sys.stderr
         self.shards, self.replicas, self.evaluator = [], [], None
         self.log = events.EventLog(run_path / events.LOG_NAME)
-        self.taus = [[] for _ in range(self.c.shards)]  # accepted tau per shard, from drained events
+        # accepted tau per shard, from drained events; 8 bytes a push, for long runs
+        self.taus = [array.array("q") for _ in range(self.c.shards)]
         self.fetch_spreads: list[int] = []
         self.rejected = 0
         self.evals: list[dict] = []
@@ -151,7 +153,7 @@ class TrainingJob:
                             summarize(recent)["p50"])
         progress.close()
         if self._eval_ref is not None:
-            self._record_eval(ray.get(self._eval_ref, timeout=c.timeout_s), epochs)
+            self._record_eval(ray.get(self._eval_ref, timeout=c.timeout_s), self._eval_epochs)
         return ray.get(runs)
 
     @property
@@ -172,13 +174,14 @@ class TrainingJob:
     def _maybe_evaluate(self, epochs: float, more_to_come: bool) -> None:
         """At most one evaluation in flight; a new one starts each eval_every epochs of progress."""
         if self._eval_ref is not None and ray.wait([self._eval_ref], timeout=0)[0]:
-            self._record_eval(ray.get(self._eval_ref), epochs)
+            self._record_eval(ray.get(self._eval_ref), self._eval_epochs)
             self._eval_ref = None
         if self._eval_ref is None and self.c.eval_every and epochs >= self._next_eval and more_to_come:
-            self._eval_ref = self.evaluator.evaluate.remote()
+            self._eval_ref, self._eval_epochs = self.evaluator.evaluate.remote(), epochs
             self._next_eval += self.c.eval_every
 
     def _record_eval(self, result: dict, epochs: float) -> None:
+        """`epochs`: training progress when the evaluation started (its pull came right after)."""
         result = {**result, "epochs": epochs, "t": time.time()}
         self.evals.append(result)
         self.log.append([events.eval_record(result["t"], result["accuracy"], result["loss"],

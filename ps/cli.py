@@ -15,14 +15,14 @@ EXIT_INTERRUPTED = 130
 
 
 def add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="run asynchronous Downpour SGD",
+    p = sub.add_parser("train", help="run asynchronous Downpour SGD", allow_abbrev=False,
                        description="Train with N replicas and M parameter-server shards. Flags "
                                    "override the keys of --config FILE.yaml (same names).")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file whose keys mirror these flags")
     hints = typing.get_type_hints(cfg.TrainConfig)
     for name, f in cfg.FIELDS.items():
         flag, kind = "--" + name.replace("_", "-"), cfg._base_type(hints[name])
-        help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_ = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:
@@ -39,8 +39,6 @@ def handle_train(args) -> int:
     if config.address:
         # Clusters started by `ray start` (Ray 2.60) want token auth; Ray reads this on import.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # plug-ins in the current directory, as `python -m` finds them
     from ps.job import train  # imports torch and ray: after the checks, and keeps --help fast
 
     _, summary = train(config)
@@ -48,7 +46,8 @@ def handle_train(args) -> int:
 
 
 def add_staleness_parser(sub) -> None:
-    p = sub.add_parser("staleness", help="histograms of gradient staleness from a run directory")
+    p = sub.add_parser("staleness", help="histograms of gradient staleness from a run directory",
+                       allow_abbrev=False)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--by", choices=("shard", "replica"), default="shard",
                    help="group pushes by shard or by replica (default: shard)")
@@ -70,7 +69,8 @@ def handle_staleness(args) -> int:
 
 
 def add_plan_parser(sub) -> None:
-    p = sub.add_parser("plan", help="show how a model's parameters are split over shards")
+    p = sub.add_parser("plan", help="show how a model's parameters are split over shards",
+                       allow_abbrev=False)
     p.add_argument("--model", default="cnn", help="mlp | cnn | package.module:factory (default: cnn)")
     p.add_argument("--shards", type=int, default=2, help="number of shards (default: 2)")
     p.add_argument("--sharding", default="balanced", help="balanced | range (default: balanced)")
@@ -87,7 +87,8 @@ def handle_plan(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.")
+    parser = argparse.ArgumentParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train_parser, add_staleness_parser, add_plan_parser):
         add(sub)
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # plug-ins in the current directory, as `python -m` finds them
     try:
         return args.handler(args)
     except KeyboardInterrupt:

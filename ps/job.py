@@ -260,6 +260,7 @@ def _short(exc: BaseException) -> str:
 def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     """The `downpour train` job: prepare (no Ray), then Ray, then the run directory."""
     out = out or sys.stderr
+    asked = c  # what the user asked for; a dry run changes the config it runs, not this one
     prepared = prepare(c)
     c = prepared.config
     path = rundir.create(c.run_dir, f"{c.model}-r{c.replicas}s{c.shards}")
@@ -271,13 +272,16 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
         except UserError:
             rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise
-        prepared.config = c = dataclasses.replace(c, prefetch=placement.prefetch)
-        rundir.write_config(path, to_dict(c))
+        prepared.config = dataclasses.replace(c, prefetch=placement.prefetch)
+        rundir.write_config(path, to_dict(dataclasses.replace(asked, prefetch=placement.prefetch)))
         print(f"downpour: run directory {path}", file=out)
         summary = TrainingJob(prepared, placement, path, out).run()
     finally:
         if started:
             ray.shutdown()
-    print(f"downpour: {summary['status']}: test accuracy {summary['test_accuracy']}, "
-          f"{summary['samples_per_s']} samples/s; run directory {path}", file=out)
+    if summary["error"]:
+        print(f"downpour: error: {summary['error']}", file=out)
+    rate = "" if summary["samples_per_s"] is None else f", {summary['samples_per_s']} samples/s"
+    print(f"downpour: {summary['status']}: test accuracy {summary['test_accuracy']}{rate}; "
+          f"run directory {path}", file=out)
     return path, summary

@@ -20,6 +20,7 @@ _OPTIMIZERS = {
     "adam": (torch.optim.Adam, {}, ("beta1", "beta2", "eps", "weight_decay")),
 }
 OPTIMIZERS = tuple(_OPTIMIZERS)
+_BELOW_ONE = ("momentum", "dampening", "beta1", "beta2")  # the rest only need to be >= 0
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def parse_optimizer(spec: str) -> OptimizerSpec:
     for key, value in params.items():
         if key not in allowed:
             raise UserError(f"optimizer '{name}' has no parameter '{key}'; allowed: {', '.join(allowed)}")
-        if value < 0 or (key.startswith("beta") and value >= 1):
+        if value < 0 or (key in _BELOW_ONE and value >= 1):
             raise UserError(f"optimizer '{name}': {key}={value} is out of range")
     return OptimizerSpec(name, params)
 

@@ -15,6 +15,7 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.tty = stream.isatty()
         self._last_plain = 0.0
+        self._text = ""
         self._history = collections.deque(maxlen=RATE_WINDOW)  # (time, samples)
 
     def rate(self, samples: int) -> float:
@@ -29,8 +30,9 @@ class ProgressLine:
         filled = int(width * min(1.0, epochs / self.total)) if self.total else width
         acc = "-" if accuracy is None else f"{accuracy:.4f}"
         tau = "-" if tau_p50 is None else str(tau_p50)
-        text = (f"[{'=' * filled}{' ' * (width - filled)}] epoch {epochs:5.2f}/{self.total:g}  "
+        text = (f"[{'=' * filled}{' ' * (width - filled)}] epoch {epochs:5.2f}/{self.total:.2f}  "
                 f"{samples_per_s:8.0f} samples/s  acc {acc}  tau p50 {tau}")
+        self._text = text
         if self.tty:
             self.stream.write("\r" + text)
             self.stream.flush()
@@ -39,6 +41,9 @@ class ProgressLine:
             self._last_plain = time.time()
 
     def close(self) -> None:
+        """Ends the redrawn line; without a TTY, prints the final state the 10 s rhythm skipped."""
         if self.tty:
             self.stream.write("\n")
-            self.stream.flush()
+        elif self._text and self._last_plain:
+            self.stream.write(self._text + "\n")
+        self.stream.flush()

@@ -32,6 +32,10 @@ class Decision:
 RuleFn = Callable[..., Union[float, Decision]]
 
 
+class RuleError(ValueError):
+    """A rule returned something a shard cannot use."""
+
+
 def constant(ctx: StalenessContext, alpha: float = 1.0) -> float:
     """Dean et al. 2012: staleness is ignored."""
     return alpha
@@ -74,7 +78,7 @@ class Rule:
         out = self.fn(ctx, **self.params)
         decision = out if isinstance(out, Decision) else Decision(scale=float(out))
         if not (math.isfinite(decision.scale) and decision.scale >= 0):
-            raise ValueError(f"lr rule '{self.name}' returned scale {decision.scale} at tau={ctx.tau}; "
+            raise RuleError(f"lr rule '{self.name}' returned scale {decision.scale} at tau={ctx.tau}; "
                              "a rule must return a finite number >= 0")
         return decision
 
@@ -122,5 +126,7 @@ def _smoke_test(rule: Rule) -> None:
     for tau in (0, 1, 4, 64):
         try:
             rule.decide(StalenessContext(tau=tau, mean_tau=float(tau), version=tau))
+        except RuleError as exc:
+            raise UserError(str(exc)) from None
         except Exception as exc:  # a user's plug-in may raise anything: report it at the boundary
             raise UserError(f"lr_rule '{rule.name}' failed at tau={tau}: {exc}") from None

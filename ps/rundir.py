@@ -59,6 +59,8 @@ def read_summary(path: Path) -> dict:
 
 def require_run(path: str) -> Path:
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{p} is a file, not a run directory: give the folder `downpour train` printed")
     if not p.is_dir():
         raise UserError(f"run directory {p} does not exist: give the folder `downpour train` printed")
     if not (p / LOG_NAME).is_file():

@@ -45,9 +45,10 @@ def test_yaml_loading(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         load_yaml(str(tmp_path / "list.yaml"))
-    (tmp_path / "bad.yaml").write_text("replicas: [\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+    (tmp_path / "bad.yaml").write_text("replicas: 2\nlr: 0.1: 2\n")
+    with pytest.raises(UserError, match="line 2, column 8 is not valid YAML: mapping values") as err:
         load_yaml(str(tmp_path / "bad.yaml"))
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="cannot read"):
         load_yaml(str(tmp_path / "missing.yaml"))
 
@@ -61,6 +62,13 @@ def test_yaml_loading(tmp_path):
 ])
 def test_parse_spec(spec, expected):
     assert parse_spec(spec, "lr_rule") == expected
+
+
+def test_yaml_style_exponents_are_floats():
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a learning rate written so must still work
+    assert from_mapping({"lr": "1e-3"}, "config file x.yaml").lr == 0.001
+    with pytest.raises(UserError, match="lr is 'fast'"):
+        from_mapping({"lr": "fast"}, "config file x.yaml")
 
 
 def test_train_config_is_a_plain_dataclass():

@@ -141,6 +141,7 @@ def test_push_events_record_versions_tau_and_scale():
     ("rmsprop", ["optimizer", "sgd", "adam"]),
     ("adam:momentum=0.9", ["no parameter", "momentum"]),
     ("adam:beta1=1.5", ["beta1"]),
+    ("momentum:momentum=1.5", ["momentum=1.5", "out of range"]),
 ])
 def test_bad_optimizer_specs_are_user_errors(spec, words):
     with pytest.raises(UserError) as err:

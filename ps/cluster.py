@@ -1,4 +1,4 @@
-"""Ray at the edge: connect to (or start) Ray, size the actors' resources, and create the actors."""
+"""Ray at the edge: connect to (or start) Ray, size the actors' resources, pin an actor to this node."""
 
 import logging
 import math

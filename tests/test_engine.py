@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import ray as ray_module
 import torch
 import torch.nn.functional as F
 

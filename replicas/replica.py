@@ -99,7 +99,8 @@ class ModelReplica:
         """Waits for every shard's reply, copying each into the flat parameters as it lands."""
         refs, t_issued = fetch
         t0 = time.time()
-        landed = len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+        # Only timed prefetch learns from whether the fetch had landed: spare the extra wait otherwise.
+        landed = self.c.prefetch and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
         pending, index = list(refs), {ref: s for s, ref in enumerate(refs)}
         versions, arrivals, host = [0] * len(refs), [], self.flat.host_values()
         while pending:
@@ -112,7 +113,7 @@ class ModelReplica:
             arrivals.append(time.time())
         self.flat.upload()
         self.timers["fetch_wait"] += time.time() - t0
-        if self.step:  # the first fetch comes before any compute to time it against
+        if self.c.prefetch and self.step:  # the first fetch has no compute to time it against
             self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
         self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
         return versions

@@ -1,4 +1,4 @@
-"""The `downpour` command: train, staleness, plan. User errors print one line and exit with status 2."""
+"""The `downpour` command: train, staleness, report, top, plan. User errors print one line and exit with status 2."""
 
 import argparse
 import os
@@ -12,6 +12,11 @@ from ps.errors import UserError
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
+
+
+def use_token_auth() -> None:
+    """Clusters started by `ray start` (Ray 2.60) want token auth; Ray reads this when imported."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def add_train_parser(sub) -> None:
@@ -37,12 +42,12 @@ def handle_train(args) -> int:
     flags = {k: v for k, v in vars(args).items() if k in cfg.FIELDS}
     config = cfg.from_mapping({**values, **flags}, source)  # later keys win: flags over the file
     if config.address:
-        # Clusters started by `ray start` (Ray 2.60) want token auth; Ray reads this on import.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        use_token_auth()
     from ps.job import train  # imports torch and ray: after the checks, and keeps --help fast
 
     _, summary = train(config)
-    return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"], EXIT_RUN_FAILED)
+    return {"completed": 0, "stopped": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"],
+                                                                              EXIT_RUN_FAILED)
 
 
 def add_staleness_parser(sub) -> None:
@@ -51,21 +56,97 @@ def add_staleness_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--by", choices=("shard", "replica"), default="shard",
                    help="group pushes by shard or by replica (default: shard)")
+    p.add_argument("--window", metavar="START:END",
+                   help="only pushes in this span, seconds since the run started (e.g. 60:120, 60:)")
+    p.add_argument("--percentiles", default="50,90,99", metavar="P,P,...",
+                   help="nearest-rank percentiles to print (default: 50,90,99)")
+    p.add_argument("--png", metavar="FILE.png",
+                   help="also draw the histograms and tau over time as a heat map (needs matplotlib)")
     p.set_defaults(handler=handle_staleness)
 
 
 def handle_staleness(args) -> int:
-    from ps import events, rundir, staleness
+    from ps import staleness
 
-    path = rundir.require_run(args.run_dir)
+    percentiles = staleness.parse_percentiles(args.percentiles)
+    window = staleness.parse_window(args.window) if args.window else None
+    path, records = _read_run(args.run_dir)
+    span = ""
+    if window:
+        records = staleness.in_window(records, records[0]["t"], *window)
+        span = f", between {_seconds(window[0], 0)} and {_seconds(window[1], 'the end')}"
+    groups = staleness.taus_by(records, args.by)
+    if window and not groups:
+        raise UserError(f"--window {args.window}: no accepted pushes in that span; "
+                        "`downpour staleness RUN_DIR` shows the whole run")
+    print(f"staleness (tau = shard version at apply - version fetched) in {path}{span}\n")
+    print(staleness.format_report(groups, args.by, percentiles))
+    if args.png:
+        from ps import plots
+
+        print(f"\nwrote {plots.staleness_png(records, args.by, args.png)}")
+    return 0
+
+
+def _seconds(value, default) -> str:
+    return default if value is None else f"{value:g} s"
+
+
+def _read_run(run_dir: str) -> tuple:
+    """(path, every record) of a run directory; a missing or foreign log is a user error."""
+    from ps import events, rundir
+
+    path = rundir.require_run(run_dir)
     try:
-        records = list(events.read_events(path / events.LOG_NAME))
+        return path, list(events.read_events(path / events.LOG_NAME))
     except events.LogError as exc:
         raise UserError(str(exc)) from None
-    groups = staleness.taus_by(records, args.by)
-    print(f"staleness (tau = shard version at apply - version fetched) in {path}\n")
-    print(staleness.format_report(groups, args.by))
+
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="write plots and a markdown summary of a run", allow_abbrev=False)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/report)")
+    p.set_defaults(handler=handle_report)
+
+
+def handle_report(args) -> int:
+    from pathlib import Path
+
+    from ps import report, rundir
+
+    path = rundir.require_run(args.run_dir)
+    print(f"wrote {report.write_report(path, Path(args.out) if args.out else None)}")
     return 0
+
+
+def add_top_parser(sub) -> None:
+    p = sub.add_parser("top", help="live view of a running job (Ctrl-C quits)", allow_abbrev=False,
+                       description="Without arguments: the newest run under runs/. With RUN_DIR: "
+                                   "that run, from its event log. With --address: a job on that "
+                                   "cluster, through its named controller.")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
+    p.add_argument("--address", help="Ray cluster of the job (auto | HOST:PORT | ray://HOST:PORT)")
+    p.add_argument("--run", help="which job, when several run on the cluster (its run directory's name)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default: 1)")
+    p.add_argument("--frames", type=int, help="stop after this many frames (default: until the run ends)")
+    p.set_defaults(handler=handle_top)
+
+
+def handle_top(args) -> int:
+    if args.run_dir and args.address:
+        raise UserError("give RUN_DIR or --address, not both")
+    if args.run and not args.address:
+        raise UserError("--run picks a job on a cluster: give --address too")
+    if not args.interval > 0:
+        raise UserError(f"--interval {args.interval}: give a number of seconds above 0")
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames {args.frames}: give 1 or more")
+    if args.address:
+        use_token_auth()
+    from ps import top
+
+    return top.main(args.run_dir, args.address, args.run, args.interval, args.frames)
 
 
 def add_plan_parser(sub) -> None:
@@ -90,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.",
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train_parser, add_staleness_parser, add_plan_parser):
+    for add in (add_train_parser, add_staleness_parser, add_report_parser, add_top_parser,
+                add_plan_parser):
         add(sub)
     return parser
 

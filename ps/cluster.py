@@ -14,7 +14,7 @@ from ps.config import TrainConfig
 from ps.errors import UserError
 
 
-def connect(address: Optional[str]) -> bool:
+def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
     """Joins `address` or starts a local Ray; returns True when this call started Ray (so the job
     shuts it down). An already-initialised Ray (tests, notebooks) is reused as it is."""
     if ray.is_initialized():
@@ -24,12 +24,19 @@ def connect(address: Optional[str]) -> bool:
     try:
         ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True,
                  include_dashboard=False if not address else None,
-                 runtime_env=None if address else local_runtime_env())
+                 runtime_env=None if address else local_runtime_env(),
+                 _metrics_export_port=None if address else metrics_port)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address, "
                         "that `ray status` works there, and for a `ray start` cluster "
                         "RAY_AUTH_MODE=token with its token in ~/.ray/auth_token") from None
     return True
+
+
+def metrics_endpoints() -> list[str]:
+    """The Prometheus endpoint of every live node: each exports the metrics of its own actors."""
+    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+            for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")]
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -45,6 +45,13 @@ class TrainConfig:
     seed: int = opt(0, "seeds the initial weights, the data partitions and the batch order")
     run_dir: Optional[str] = opt(None, "default runs/<time>-<model>-r<N>s<M>")
     eval_every: float = opt(1.0, "evaluate every this many epochs of progress (0: only at the end)")
+    event_log: bool = opt(True, "record every push and fetch in RUN_DIR/events.msgpack (staleness, "
+                                "report and top read it); off only to measure its cost")
+    metrics: bool = opt(True, "export live Ray metrics from the shards: tau histogram, pushes, versions")
+    metrics_port: Optional[int] = opt(None, "Prometheus port of a local Ray (default: Ray picks one); "
+                                            "a cluster's is `ray start --metrics-export-port`")
+    tensorboard: bool = opt(False, "write TensorBoard scalars to RUN_DIR/tensorboard (needs the "
+                                   "tensorboard extra)")
     replica_cpus: Optional[float] = opt(None, "Ray CPUs per replica; default: what fits the cluster")
     shard_cpus: Optional[float] = opt(None, "Ray CPUs per shard; default: what fits the cluster")
     threads: Optional[int] = opt(None, "torch threads per replica; default max(1, replica_cpus)")
@@ -133,6 +140,11 @@ def validate(c: TrainConfig) -> None:
             raise UserError(f"{name} is {value}: set --{name.replace('_', '-')} to 0 or more")
     if c.threads is not None and c.threads < 1:
         raise UserError(f"threads is {c.threads}: set --threads to 1 or more")
+    if c.metrics_port is not None and not 1 <= c.metrics_port <= 65535:
+        raise UserError(f"metrics_port is {c.metrics_port}: set --metrics-port to a port in 1..65535")
+    if c.metrics_port is not None and c.address:
+        raise UserError("metrics_port applies to a local Ray only: on a cluster set it with "
+                        "`ray start --metrics-export-port PORT` and drop --metrics-port")
     for name, allowed in _CHOICES.items():
         if getattr(c, name) not in allowed:
             raise UserError(f"{name} is '{getattr(c, name)}': choose one of {', '.join(allowed)}")

@@ -16,9 +16,13 @@ SCHEMA_VERSION = 1
 LOG_NAME = "events.msgpack"
 
 
-def header_record(t: float, replicas: int, shards: int, shard_sizes: list[int]) -> dict:
+def header_record(t: float, replicas: int, shards: int, shard_sizes: list[int], *,
+                  model: Optional[str] = None, batch_size: Optional[int] = None,
+                  n_fetch: Optional[int] = None, n_push: Optional[int] = None) -> dict:
+    """The sizes let readers turn pushes into samples (one push to a shard = n_push x batch_size)."""
     return {"kind": "header", "schema": SCHEMA_VERSION, "t": t, "replicas": replicas,
-            "shards": shards, "shard_sizes": shard_sizes}
+            "shards": shards, "shard_sizes": shard_sizes, "model": model, "batch_size": batch_size,
+            "n_fetch": n_fetch, "n_push": n_push}
 
 
 def push_record(shard: int, t: float, replica: int, fetched: int, applied: int, tau: int,
@@ -86,6 +90,35 @@ def read_events(path: Path) -> Iterator[dict]:
         raise LogError(f"{path} holds no records: the run stopped before its actors started")
     if unpacker.tell() < path.stat().st_size:
         warnings.warn(f"{path}: skipped a torn last record ({path.stat().st_size - unpacker.tell()} bytes)")
+
+
+class LogTail:
+    """Follows a log that is still being written: each `read_new` returns the records appended
+    since the last call. A record half-written at the end waits in the unpacker for its remaining bytes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.header: Optional[dict] = None
+        self._unpacker = msgpack.Unpacker(raw=False)
+        self._offset = 0
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError as exc:
+            raise LogError(f"cannot read {self.path}: {exc.strerror}") from None
+        self._offset += len(data)
+        self._unpacker.feed(data)
+        try:
+            records = list(self._unpacker)
+        except (msgpack.UnpackException, ValueError) as exc:
+            raise LogError(f"{self.path}: a corrupt record at byte {self._unpacker.tell()} ({exc})") from None
+        if self.header is None and records:
+            _check_header(records[0], self.path)
+            self.header = records[0]
+        return records
 
 
 def _check_header(record: dict, path: Path) -> None:

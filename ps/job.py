@@ -16,6 +16,8 @@ import ray
 import torch
 
 from ps import cluster, events, rundir
+from ps.controller import NAMESPACE, JobController
+from ps.live import LiveStats
 from ps.config import TrainConfig, to_dict
 from ps.errors import UserError
 from ps.optimizers import OptimizerSpec, parse_optimizer
@@ -24,6 +26,7 @@ from ps.rules import make_rule
 from ps.schedules import get_schedule
 from ps.shard import ParameterShard
 from ps.staleness import summarize
+from ps.tensorboard import Scalars, require_tensorboard
 from replicas.data import Dataset, load_dataset
 from replicas.evaluator import Evaluator
 from replicas.models import build_model, named_shapes
@@ -54,6 +57,8 @@ def prepare(c: TrainConfig) -> Prepared:
     optimizer = parse_optimizer(c.optimizer)
     make_rule(c.lr_rule)
     get_schedule(c.lr_schedule)
+    if c.tensorboard:
+        require_tensorboard()
     dataset = load_dataset(c.dataset, c.data_dir, c.seed)
     smallest = len(dataset.train_labels) // c.replicas
     if c.batch_size > smallest:
@@ -69,8 +74,11 @@ class TrainingJob:
     def __init__(self, prepared: Prepared, placement: cluster.Placement, run_path: Path, out=None):
         self.p, self.c, self.place, self.path = prepared, prepared.config, placement, run_path
         self.out = out or sys.stderr
-        self.shards, self.replicas, self.evaluator = [], [], None
+        self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
         self.log = events.EventLog(run_path / events.LOG_NAME)
+        self.live: LiveStats = None  # from the header on, in _start_actors
+        self.scalars = Scalars(run_path) if self.c.tensorboard else None
+        self.stop_reason, self.samples_done = None, 0
         # accepted tau per shard, from drained events; 8 bytes a push, for long runs
         self.taus = [array.array("q") for _ in range(self.c.shards)]
         self.fetch_spreads: list[int] = []
@@ -83,6 +91,8 @@ class TrainingJob:
         try:
             self._start_actors()
             results = self._supervise()
+            if self.stop_reason:
+                status = "stopped"
         except KeyboardInterrupt:
             status = "interrupted"
         except (ray.exceptions.RayError, TimeoutError) as exc:
@@ -97,17 +107,27 @@ class TrainingJob:
         summary = self._summary(status, error, results, final, time.time() - t0)
         rundir.write_summary(self.path, summary)
         self.log.close()
-        for actor in self.shards + self.replicas + [self.evaluator] * bool(self.evaluator):
+        if self.scalars:
+            self.scalars.close()
+        for actor in self.shards + self.replicas + [a for a in (self.evaluator, self.controller) if a]:
             ray.kill(actor)
         return summary
 
     def _start_actors(self) -> None:
         c, place = self.c, self.place
-        self.log.append([events.header_record(time.time(), c.replicas, c.shards,
-                                              [self.p.plan.shard_numel(s) for s in range(c.shards)])])
+        header = events.header_record(
+            time.time(), c.replicas, c.shards, [self.p.plan.shard_numel(s) for s in range(c.shards)],
+            model=c.model, batch_size=c.batch_size, n_fetch=c.n_fetch, n_push=c.n_push)
+        self.log.append([header])
+        self.live = LiveStats(header)
+        # Named, so `downpour top --address` and `downpour stop` find the job; no CPU of its own.
+        self.controller = ray.remote(JobController).options(
+            name=self.path.name, namespace=NAMESPACE, num_cpus=0,
+            scheduling_strategy=cluster.on_this_node()).remote(self.path.name, str(self.path.resolve()))
         shard_cls = ray.remote(ParameterShard).options(num_cpus=place.shard_cpus)
         self.shards = [shard_cls.remote(s, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
-                                        self._planned_updates())
+                                        self._planned_updates(), self.path.name if c.metrics else None,
+                                        c.event_log)
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         data = self.p.dataset
         train = ray.put(data.train_images), ray.put(data.train_labels)
@@ -123,7 +143,7 @@ class TrainingJob:
     def _wait_ready(self) -> None:
         """Every actor must be placed and built within timeout_s; a request the cluster cannot
         meet would otherwise wait forever."""
-        actors = self.shards + self.replicas + [self.evaluator]
+        actors = self.shards + self.replicas + [self.evaluator, self.controller]
         ready, _ = ray.wait([a.__ray_ready__.remote() for a in actors], num_returns=len(actors),
                             timeout=self.c.timeout_s)
         ray.get(ready)  # an actor whose constructor raised fails here, with its error
@@ -145,12 +165,14 @@ class TrainingJob:
             self._drain()
             steps = sum(s["step"] for s in ray.get([r.progress.remote() for r in self.replicas],
                                                    timeout=c.timeout_s))
-            epochs = steps / self._steps_per_epoch
+            epochs, self.samples_done = steps / self._steps_per_epoch, steps * c.batch_size
             self._maybe_evaluate(epochs, more_to_come=bool(pending))
-            recent = np.concatenate([t[-200:] for t in self.taus])
-            progress.update(epochs, steps * c.batch_size,
-                            self.evals[-1]["accuracy"] if self.evals else None,
-                            summarize(recent)["p50"])
+            snapshot = self.live.snapshot()
+            progress.update(epochs, self.samples_done,
+                            self.evals[-1]["accuracy"] if self.evals else None, snapshot["tau"]["p50"])
+            if self.scalars:
+                self.scalars.live(self.samples_done, snapshot)
+            self._publish(snapshot)
         progress.close()
         if self._eval_ref is not None:
             self._record_eval(ray.get(self._eval_ref, timeout=c.timeout_s), self._eval_epochs)
@@ -180,10 +202,21 @@ class TrainingJob:
             self._eval_ref, self._eval_epochs = self.evaluator.evaluate.remote(), epochs
             self._next_eval += self.c.eval_every
 
+    def _publish(self, snapshot: dict) -> None:
+        """The live view for `downpour top --address`; a stop asked through the controller reaches
+        every replica, which ends after its current step."""
+        commands = ray.get(self.controller.publish.remote(snapshot), timeout=self.c.timeout_s)
+        if commands["stop"] and self.stop_reason is None:
+            self.stop_reason = commands["stop"]
+            print(f"\ndownpour: stopping: {self.stop_reason}", file=self.out)
+            ray.get([r.stop.remote() for r in self.replicas], timeout=self.c.timeout_s)
+
     def _record_eval(self, result: dict, epochs: float) -> None:
         """`epochs`: training progress when the evaluation started (its pull came right after)."""
         result = {**result, "epochs": epochs, "t": time.time()}
         self.evals.append(result)
+        if self.scalars:
+            self.scalars.evaluation(int(epochs * self._steps_per_epoch * self.c.batch_size), result)
         self.log.append([events.eval_record(result["t"], result["accuracy"], result["loss"],
                                             result["versions"], int(epochs * self._steps_per_epoch
                                                                     * self.c.batch_size))])
@@ -194,6 +227,7 @@ class TrainingJob:
                           timeout=self.c.timeout_s)
         for batch in batches:
             self.log.append(batch)
+            self.live.ingest(batch)
             for r in batch:
                 if r["kind"] == "push":
                     if r["accepted"]:
@@ -214,6 +248,8 @@ class TrainingJob:
                 timeout=self.c.timeout_s)
         self.log.append([events.eval_record(time.time(), final["accuracy"], final["loss"],
                                             final["versions"], -1)])
+        if self.scalars:
+            self.scalars.evaluation(self.samples_done, final)
         return final
 
     def _summary(self, status, error, results, final, wall_time_s) -> dict:
@@ -225,7 +261,7 @@ class TrainingJob:
         all_taus = np.concatenate([np.asarray(t, dtype=np.int64) for t in self.taus])
         spreads = np.asarray(self.fetch_spreads)
         return {
-            "status": status, "error": error, "dry_run": c.dry_run,
+            "status": status, "error": error, "stop_reason": self.stop_reason, "dry_run": c.dry_run,
             "test_accuracy": final.get("accuracy"), "test_loss": final.get("loss"),
             "test_samples": final.get("test_samples"),
             "wall_time_s": round(wall_time_s, 3), "train_time_s": train_s and round(train_s, 3),
@@ -267,7 +303,7 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     started = False
     try:
         try:
-            started = cluster.connect(c.address)
+            started = cluster.connect(c.address, c.metrics_port)
             placement = cluster.plan_resources(c, ray.cluster_resources())
         except UserError:
             rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
@@ -275,6 +311,9 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
         prepared.config = dataclasses.replace(c, prefetch=placement.prefetch)
         rundir.write_config(path, to_dict(dataclasses.replace(asked, prefetch=placement.prefetch)))
         print(f"downpour: run directory {path}", file=out)
+        if c.metrics:
+            print(f"downpour: live metrics (Prometheus): {' '.join(cluster.metrics_endpoints())}",
+                  file=out)
         summary = TrainingJob(prepared, placement, path, out).run()
     finally:
         if started:

@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ps import events
+from ps.metrics import ShardMetrics
 from ps.optimizers import OptimizerSpec, ServerOptimizer
 from ps.rules import Rule, StalenessContext, make_rule
 from ps.schedules import get_schedule
@@ -26,7 +27,8 @@ class PushResult(NamedTuple):
 
 class ParameterShard:
     def __init__(self, shard_id: int, initial: np.ndarray, optimizer: OptimizerSpec, lr: float,
-                 lr_rule: "str | Rule", lr_schedule: str = "constant", planned_updates: int = 1):
+                 lr_rule: "str | Rule", lr_schedule: str = "constant", planned_updates: int = 1,
+                 metrics_run: Optional[str] = None, record_events: bool = True):
         self.shard_id = shard_id
         self.optimizer = ServerOptimizer(optimizer, np.asarray(initial, dtype=np.float32).ravel(), lr)
         self.rule = lr_rule if isinstance(lr_rule, Rule) else make_rule(lr_rule)
@@ -35,6 +37,9 @@ class ParameterShard:
         self._tau_sum = 0       # over accepted pushes, for the running mean a rule may use
         self.rejected = Counter()  # reason -> count
         self._events: list = []    # push event tuples since the last drain (see ps/events.py)
+        self.record_events = record_events
+        # Ray metrics under this run's name; None in-process (tests) or when the user turned them off
+        self.metrics = ShardMetrics(metrics_run, shard_id) if metrics_run else None
 
     @property
     def size(self) -> int:
@@ -57,14 +62,19 @@ class ParameterShard:
                 tau=tau, mean_tau=(self._tau_sum + tau) / (self.version + 1), version=self.version))
             reason = None if decision.accept else (decision.reason or "rejected by lr rule")
         scale = decision.scale if decision else 0.0
-        self._events.append((time.time(), replica_id, fetched_version, self.version, tau, scale,
-                             reason is None, reason, norm))
+        if self.record_events:
+            self._events.append((time.time(), replica_id, fetched_version, self.version, tau, scale,
+                                 reason is None, reason, norm))
         if reason is not None:
             self.rejected[reason.split(":")[0]] += 1
+            if self.metrics:
+                self.metrics.rejected()
             return PushResult(False, tau, scale, reason)
         self.optimizer.step(grad, scale * self.schedule(self.version / self.planned_updates))
         self.version += 1
         self._tau_sum += tau
+        if self.metrics:
+            self.metrics.accepted(tau, self.version)
         return PushResult(True, tau, scale)
 
     def _check(self, grad, fetched_version) -> tuple[Optional[str], float]:

@@ -54,6 +54,7 @@ class ModelReplica:
         self._events = collections.deque()  # fetch records, popped by drain_events on the other thread
         self._inflight = collections.deque()  # one list of push refs per push round
         self.step = 0
+        self.stopping = False  # set by `stop` from the job's thread; checked once a step
         self.jit, self._last_compute_s = JustInTime(), 0.0
         self.counts = collections.Counter()  # pushes, rejected
         self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait
@@ -64,6 +65,8 @@ class ModelReplica:
         torch.set_num_threads(self.threads)  # here, on the thread that computes (OpenMP is per thread)
         batches, fetch, pushed_from, t_first = self._batches(), self._start_fetch(), None, None
         for step in range(self.total_steps):
+            if self.stopping:
+                break
             if step % self.c.n_fetch == 0:
                 versions = self._install(fetch)
             t_first = t_first or time.time()
@@ -115,7 +118,8 @@ class ModelReplica:
         self.timers["fetch_wait"] += time.time() - t0
         if self.c.prefetch and self.step:  # the first fetch has no compute to time it against
             self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
-        self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
+        if self.c.event_log:
+            self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
         return versions
 
     def _compute(self, batch: np.ndarray, local_step: bool) -> None:
@@ -155,6 +159,10 @@ class ModelReplica:
     def progress(self) -> dict:
         return {"replica": self.id, "step": self.step, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch}
+
+    def stop(self) -> None:
+        """Ends `run` after the current step; its pushes in flight still land."""
+        self.stopping = True
 
     def drain_events(self) -> list[dict]:
         return [self._events.popleft() for _ in range(len(self._events))]

@@ -1,6 +1,7 @@
 """Shared fixtures: one local Ray for the whole test session, started only by tests that need it."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,19 @@ def ray_session():
     # Workers import the test plug-ins (tests/failing_plugins.py) the way a user's would be found.
     tests_dir = str(Path(__file__).resolve().parent)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    # A known Prometheus port, and metrics shipped every second (Ray's default is slower), so a
+    # test can scrape a running job's metrics.
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": env})
+             runtime_env={"env_vars": env}, _metrics_export_port=free_port(),
+             _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

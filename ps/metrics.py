@@ -12,8 +12,10 @@ TAU_BUCKETS = [k + 0.5 for k in (*range(9), 12, 16, 24, 32, 48, 64, 128, 256)]
 
 
 class ShardMetrics:
-    """Created inside the shard's actor; a few microseconds per push, no I/O on the push path
-    (Ray's core worker aggregates and ships them to the node's metrics agent on its own)."""
+    """Created inside the shard's actor. A push costs one histogram observation (about 6 us here);
+    the counters and the gauge are brought up to date by `flush`, which the shard calls when the
+    job drains its events (about once a second). Ray's core worker ships the values to the node's
+    metrics agent on its own thread: no I/O on the push path."""
 
     def __init__(self, run: str, shard_id: int):
         from ray.util.metrics import Counter, Gauge, Histogram  # only inside a Ray worker
@@ -28,11 +30,18 @@ class ShardMetrics:
                              tag_keys=("run", "shard"))
         for metric in (self.tau, self.pushes, self.version):
             metric.set_default_tags(tags)
+        self.unflushed = {"accepted": 0, "rejected": 0}
 
-    def accepted(self, tau: int, version: int) -> None:
+    def accepted(self, tau: int) -> None:
         self.tau.observe(tau)
-        self.pushes.inc(tags={"outcome": "accepted"})
-        self.version.set(version)
+        self.unflushed["accepted"] += 1
 
     def rejected(self) -> None:
-        self.pushes.inc(tags={"outcome": "rejected"})
+        self.unflushed["rejected"] += 1
+
+    def flush(self, version: int) -> None:
+        for outcome, n in self.unflushed.items():
+            if n:
+                self.pushes.inc(n, tags={"outcome": outcome})
+        self.unflushed = dict.fromkeys(self.unflushed, 0)
+        self.version.set(version)

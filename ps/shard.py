@@ -74,7 +74,7 @@ class ParameterShard:
         self.version += 1
         self._tau_sum += tau
         if self.metrics:
-            self.metrics.accepted(tau, self.version)
+            self.metrics.accepted(tau)
         return PushResult(True, tau, scale)
 
     def _check(self, grad, fetched_version) -> tuple[Optional[str], float]:
@@ -102,6 +102,9 @@ class ParameterShard:
                 "rejected": dict(self.rejected), "optimizer_state_bytes": self.optimizer.state_bytes()}
 
     def drain_events(self) -> list[dict]:
-        """Push events since the last call, as event-log records; the job calls this about once a second."""
+        """Push events since the last call, as event-log records; the job calls this about once a
+        second, which is also when the counters and the version gauge reach Ray's metrics."""
         batch, self._events = self._events, []
+        if self.metrics:
+            self.metrics.flush(self.version)
         return [events.push_record(self.shard_id, *e) for e in batch]

@@ -10,16 +10,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import ray
 import torch
 
 from ps import cluster, events, rundir
-from ps.controller import NAMESPACE, JobController
-from ps.live import LiveStats
 from ps.config import TrainConfig, to_dict
+from ps.controller import NAMESPACE, JobController
 from ps.errors import UserError
+from ps.live import LiveStats
 from ps.optimizers import OptimizerSpec, parse_optimizer
 from ps.progress import ProgressLine
 from ps.rules import make_rule
@@ -76,7 +77,7 @@ class TrainingJob:
         self.out = out or sys.stderr
         self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
         self.log = events.EventLog(run_path / events.LOG_NAME)
-        self.live: LiveStats = None  # from the header on, in _start_actors
+        self.live: Optional[LiveStats] = None  # from the header on, in _start_actors
         self.scalars = Scalars(run_path) if self.c.tensorboard else None
         self.stop_reason, self.samples_done = None, 0
         # accepted tau per shard, from drained events; 8 bytes a push, for long runs

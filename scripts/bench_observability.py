@@ -1,7 +1,7 @@
 """What the event log and the Ray metrics cost: the same job with both on and with both off,
 interleaved in one Ray session, several times; prints the median samples/s of each and the median
-of the on/off ratios within each repetition. First, the same cost in isolation: one shard's push
-in-process with and without them, and the driver's work per record.
+of the on/off ratios within each repetition. First, the same cost in isolation: what recording adds
+to one shard push in-process, and the driver's work per record.
 
     python scripts/bench_observability.py [--model mlp] [--reps 3] [--epochs 1] [--replicas 4]
 
@@ -36,10 +36,12 @@ def one_run(config: TrainConfig, observed: bool, root: Path, index: int) -> floa
     return summary["samples_per_s"]
 
 
-def push_cost(size: int, pushes: int, blocks: int = 5) -> dict:
-    """In-process, no Ray round trip: seconds per push on a shard of `size` floats with the event
-    record and the metrics on, and with both off, in interleaved blocks; plus the driver's cost per
-    record (drain, msgpack append, live view). Run inside a Ray session (metrics need a worker)."""
+def push_cost(size: int, pushes: int) -> dict:
+    """In-process, no Ray round trip: two shards of `size` floats, one recording (event log and
+    metrics) and one not, pushed to alternately (in turns, first one then the other going first)
+    and each push timed, so both see the same machine noise; medians of the per-push times. Events are drained every 100 pushes, as the job drains
+    them once a second. Plus the driver's work per record (log append, live view). Run inside a
+    Ray session: metrics need a worker."""
     import numpy as np
 
     from ps import events
@@ -47,19 +49,23 @@ def push_cost(size: int, pushes: int, blocks: int = 5) -> dict:
     from ps.optimizers import parse_optimizer
     from ps.shard import ParameterShard
 
-    grad = np.random.default_rng(0).standard_normal(size).astype(np.float32)
-    times = {True: [], False: []}
-    for block in range(blocks):
-        for observed in (True, False):
-            shard = ParameterShard(0, np.zeros(size, np.float32), parse_optimizer("adam"), 1e-3,
-                                   "inverse", metrics_run="bench" if observed else None,
-                                   record_events=observed)
+    shards = {observed: ParameterShard(0, np.zeros(size, np.float32), parse_optimizer("adam"), 1e-3,
+                                       "inverse", metrics_run="bench" if observed else None,
+                                       record_events=observed) for observed in (True, False)}
+    grad = np.ones(size, np.float32)
+    times, drains, batch = {True: [], False: []}, {True: 0.0, False: 0.0}, []
+    for i in range(pushes):
+        for observed in ((True, False) if i % 2 else (False, True)):  # the second finds grad in cache
+            shard = shards[observed]
             start = time.perf_counter()
-            for _ in range(pushes):
-                shard.push(grad, shard.version, 0)
-            times[observed].append((time.perf_counter() - start) / pushes)
-            if observed:
-                batch = shard.drain_events()
+            shard.push(grad, shard.version, 0)
+            times[observed].append(time.perf_counter() - start)
+        if i % 100 == 99:
+            for observed, shard in shards.items():
+                start = time.perf_counter()
+                drained = shard.drain_events()
+                drains[observed] += time.perf_counter() - start
+                batch = drained if observed else batch
     with tempfile.TemporaryDirectory() as tmp:
         log = events.EventLog(Path(tmp) / "log")
         live = LiveStats(events.header_record(0.0, 1, 1, [size], batch_size=32, n_push=1))
@@ -70,8 +76,10 @@ def push_cost(size: int, pushes: int, blocks: int = 5) -> dict:
         driver = (time.perf_counter() - start) / len(batch)
         log.close()
     on, off = statistics.median(times[True]), statistics.median(times[False])
-    return {"size": size, "push_s_on": on, "push_s_off": off, "extra_per_push_s": on - off,
-            "driver_per_record_s": driver}
+    drain_extra = (drains[True] - drains[False]) / pushes
+    return {"size": size, "push_s": off, "extra_push_latency_s": on - off,
+            "extra_drain_per_push_s": drain_extra,
+            "extra_share_of_push": (on - off + drain_extra) / off, "driver_per_record_s": driver}
 
 
 def main() -> int:
@@ -84,18 +92,18 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--micro-size", type=int, default=101_765, help="floats in the "
                         "in-process push benchmark (default: one of two MLP shards)")
-    parser.add_argument("--micro-pushes", type=int, default=400)
+    parser.add_argument("--micro-pushes", type=int, default=2000)
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
     config = TrainConfig(model=args.model, dataset=args.dataset, replicas=args.replicas,
                          shards=args.shards, epochs=args.epochs, eval_every=0.0)
     ray.init(include_dashboard=False, logging_level="WARNING")
     micro = push_cost(args.micro_size, args.micro_pushes)
-    print(f"one shard in-process, {micro['size']} floats, adam: {1e6 * micro['push_s_off']:.1f} us "
-          f"a push without, {1e6 * micro['push_s_on']:.1f} us with event record + metrics "
-          f"({1e6 * micro['extra_per_push_s']:+.1f} us); the driver spends "
-          f"{1e6 * micro['driver_per_record_s']:.1f} us a record (drain batch, log, live view)",
-          flush=True)
+    print(f"one shard in-process: a push of {micro['size']} floats (adam) takes "
+          f"{1e6 * micro['push_s']:.0f} us; recording adds {1e6 * micro['extra_push_latency_s']:.1f} us "
+          f"to it and {1e6 * micro['extra_drain_per_push_s']:.1f} us a push to the drain "
+          f"({100 * micro['extra_share_of_push']:.1f}% of the shard's work); the driver spends "
+          f"{1e6 * micro['driver_per_record_s']:.1f} us a record", flush=True)
     rates = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.reps):

@@ -133,3 +133,50 @@ def test_long_tails_share_histogram_rows():
     assert rows[0] == ("0..2", 3) and rows[-1] == ("69", 1)
     assert len(rows) <= 32 and sum(n for _, n in rows) == 70
     assert staleness.binned([(0, 4), (1, 2)]) == [("0", 4), ("1", 2)]
+
+
+def rich_run(tmp_path):
+    records = [push(s, r, 100.0 + i, i, i % 4) for i in range(40) for s in (0, 1) for r in (0, 1)]
+    records += [events.fetch_record(110.0, 0, [3, 2], 0.01), events.eval_record(130.0, 0.8, 0.5, [9, 9], 64)]
+    write_run(tmp_path / "run", records, {"status": "completed"})
+    return tmp_path / "run"
+
+
+def test_staleness_png_through_the_cli(tmp_path, capsys):
+    from PIL import Image
+
+    run = rich_run(tmp_path)
+    assert cli.main(["staleness", str(run), "--png", str(tmp_path / "tau.png")]) == 0
+    assert f"wrote {tmp_path / 'tau.png'}" in capsys.readouterr().out
+    with Image.open(tmp_path / "tau.png") as image:
+        assert image.size == (1200, 450)
+
+
+def test_staleness_png_to_an_unwritable_place_exits_2(tmp_path, capsys):
+    run = rich_run(tmp_path)
+    target = tmp_path / "no" / "such" / "dir" / "tau.png"
+    assert cli.main(["staleness", str(run), "--png", str(target)]) == 2
+    assert str(target) in capsys.readouterr().err
+
+
+def test_report_through_the_cli(tmp_path, capsys):
+    run = rich_run(tmp_path)
+    assert cli.main(["report", str(run)]) == 0
+    assert f"wrote {run / 'report' / 'report.md'}" in capsys.readouterr().out
+    assert (run / "report" / "staleness.png").is_file()
+
+
+def test_plots_without_matplotlib_exit_2_naming_the_extra(tmp_path, monkeypatch, capsys):
+    run = rich_run(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    assert cli.main(["report", str(run)]) == 2
+    assert "downpour[plot]" in capsys.readouterr().err
+
+
+def test_a_log_of_another_schema_exits_2(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    header = {**HEADER, "schema": events.SCHEMA_VERSION + 1}
+    (tmp_path / "run" / events.LOG_NAME).write_bytes(events.msgpack.packb(header))
+    for command in ("staleness", "report", "top"):
+        assert cli.main([command, str(tmp_path / "run")]) == 2
+        assert "schema" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """A real job, watched while it runs: Ray's Prometheus endpoint, `downpour top` from the run
-directory and through the cluster, and a stop asked through the job's controller."""
+directory and through the cluster, TensorBoard scalars, and a stop asked through the job's controller."""
 
 import io
 import re
@@ -37,7 +37,7 @@ def running_job(ray_session, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("live") / "run"
     config = TrainConfig(dataset="synthetic", model="mlp", replicas=2, shards=2, steps=10**6,
-                         eval_every=0.0, run_dir=str(run_dir))
+                         eval_every=0.0, run_dir=str(run_dir), tensorboard=True)
     out, result = ProgressWatch(), []
     thread = threading.Thread(target=lambda: result.append(train(config, out=out)), daemon=True)
     thread.start()
@@ -50,6 +50,14 @@ def running_job(ray_session, tmp_path_factory):
     assert summary["status"] == "stopped" and summary["stop_reason"] == "test over"
     assert summary["test_accuracy"] is not None  # a stopped job still evaluates and saves
     assert (run_dir / "model.pt").is_file()
+    assert_tensorboard_scalars(run_dir / "tensorboard")
+
+
+def assert_tensorboard_scalars(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(path)).Reload().Tags()["scalars"]
+    assert {"test/accuracy", "test/loss", "staleness/tau_p50", "throughput/samples/s"} <= set(scalars)
 
 
 def scrape_until(predicate, timeout_s: float = 60.0) -> str:

@@ -1,7 +1,8 @@
-"""The `downpour` command: train, staleness, report, top, plan. User errors print one line and exit with status 2."""
+"""The `downpour` command: train, submit, status, logs, stop, staleness, report, top, plan. User errors print one line and exit with status 2."""
 
 import argparse
 import os
+import signal
 import sys
 import typing
 import warnings
@@ -23,9 +24,17 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="run asynchronous Downpour SGD", allow_abbrev=False,
                        description="Train with N replicas and M parameter-server shards. Flags "
                                    "override the keys of --config FILE.yaml (same names).")
+    add_config_flags(p)
+    p.set_defaults(handler=handle_train)
+
+
+def add_config_flags(p, skip: tuple = ()) -> None:
+    """One flag per TrainConfig field (`--config FILE.yaml` too): shared by train and submit."""
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file whose keys mirror these flags")
     hints = typing.get_type_hints(cfg.TrainConfig)
     for name, f in cfg.FIELDS.items():
+        if name in skip:
+            continue
         flag, kind = "--" + name.replace("_", "-"), cfg._base_type(hints[name])
         help_ = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
@@ -33,14 +42,21 @@ def add_train_parser(sub) -> None:
         else:
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_,
                            metavar=name.upper())
-    p.set_defaults(handler=handle_train)
 
 
-def handle_train(args) -> int:
+def config_values(args) -> tuple[dict, str]:
+    """The keys of --config FILE then the flags given (later wins), and where they came from."""
     values = cfg.load_yaml(args.config) if args.config else {}
     source = f"config file {args.config}" if args.config else "flags"
     flags = {k: v for k, v in vars(args).items() if k in cfg.FIELDS}
-    config = cfg.from_mapping({**values, **flags}, source)  # later keys win: flags over the file
+    return {**{str(k).replace("-", "_"): v for k, v in values.items()}, **flags}, source
+
+
+def handle_train(args) -> int:
+    values, source = config_values(args)
+    config = cfg.from_mapping(values, source)
+    # `ray job stop` and other supervisors send SIGTERM: end the run as Ctrl-C does, with a summary
+    signal.signal(signal.SIGTERM, _interrupt)
     if config.address:
         use_token_auth()
     from ps.job import train  # imports torch and ray: after the checks, and keeps --help fast
@@ -48,6 +64,60 @@ def handle_train(args) -> int:
     _, summary = train(config)
     return {"completed": 0, "stopped": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"],
                                                                               EXIT_RUN_FAILED)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def add_submit_parser(sub) -> None:
+    p = sub.add_parser("submit", help="submit a training job to a Ray cluster (Job Submission API)",
+                       allow_abbrev=False,
+                       description="Takes every `downpour train` flag; the job runs `downpour train "
+                                   "--address auto` on the cluster's head node.")
+    p.add_argument("--address", required=True, metavar="http://HEAD:8265",
+                   help="the head node's dashboard address")
+    p.add_argument("--working-dir", metavar="DIR",
+                   help="a folder of your own plug-ins (models, rules) to ship with the job")
+    add_config_flags(p, skip=("address",))
+    p.set_defaults(handler=handle_submit)
+
+
+def handle_submit(args) -> int:
+    values, source = config_values(args)
+    values.pop("address", None)  # the job joins the cluster it runs in
+    config = cfg.from_mapping(values, source)  # every check runs here, before anything is sent
+    use_token_auth()
+    from ps import jobs
+
+    train_flags = {k: v for k, v in values.items() if k != "run_dir"}
+    jobs.submit(args.address, train_flags, config, args.working_dir, sys.stdout)
+    return 0
+
+
+def add_job_parsers(sub) -> None:
+    for name, help_ in (("status", "state of a submitted job"), ("logs", "output of a submitted job"),
+                        ("stop", "stop a submitted job")):
+        p = sub.add_parser(name, help=help_, allow_abbrev=False)
+        p.add_argument("job_id", metavar="JOB_ID", help="as `downpour submit` printed it")
+        p.add_argument("--address", required=True, metavar="http://HEAD:8265",
+                       help="the head node's dashboard address")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        p.set_defaults(handler=handle_job_command, command=name)
+
+
+def handle_job_command(args) -> int:
+    use_token_auth()
+    from ps import jobs
+
+    if args.command == "status":
+        jobs.status(args.address, args.job_id, sys.stdout)
+    elif args.command == "logs":
+        jobs.logs(args.address, args.job_id, args.follow, sys.stdout)
+    else:
+        jobs.stop(args.address, args.job_id, sys.stdout)
+    return 0
 
 
 def add_staleness_parser(sub) -> None:
@@ -171,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.",
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train_parser, add_staleness_parser, add_report_parser, add_top_parser,
-                add_plan_parser):
+    for add in (add_train_parser, add_submit_parser, add_job_parsers, add_staleness_parser,
+                add_report_parser, add_top_parser, add_plan_parser):
         add(sub)
     return parser
 

@@ -4,7 +4,7 @@ import logging
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import ray
@@ -12,6 +12,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ps.config import TrainConfig
 from ps.errors import UserError
+from ps.resources import check_fits, parse_resources
 
 
 def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
@@ -67,28 +68,56 @@ class Placement:
     # Overlapping a fetch with compute only pays when the replica's core (or GPU) would otherwise
     # idle during the round trip; on shared cores it gains nothing and adds staleness.
     prefetch: bool
+    replica_custom: dict = field(default_factory=dict)  # custom resources, e.g. {"replica": 1}
+    shard_custom: dict = field(default_factory=dict)
+    shard_strategy: str = "SPREAD"  # Ray scheduling strategy of the shards
+
+    def replica_options(self) -> dict:
+        return {"num_cpus": self.replica_cpus, "num_gpus": self.replica_gpus,
+                "resources": self.replica_custom or None}
+
+    def shard_options(self) -> dict:
+        return {"num_cpus": self.shard_cpus, "resources": self.shard_custom or None,
+                "scheduling_strategy": self.shard_strategy}
 
 
-def plan_resources(c: TrainConfig, resources: dict) -> Placement:
+def plan_resources(c: TrainConfig, resources: dict, nodes: Optional[list[dict]] = None) -> Placement:
     """Defaults give each actor an equal share of the cluster's CPUs (`ray.cluster_resources()`),
     at most one; what was asked for explicitly must fit, or the job stops here instead of waiting
-    forever for resources."""
+    forever for resources. `nodes`: each live node's resources, for the per-node check."""
+    replica_ask = parse_resources(c.replica_resources, "replica_resources") if c.replica_resources else {}
+    shard_ask = parse_resources(c.shard_resources, "shard_resources") if c.shard_resources else {}
     cpus = resources.get("CPU", 0.0)
     share = min(1.0, cpus / (c.replicas + c.shards)) if cpus else 0.0
-    replica_cpus = share if c.replica_cpus is None else c.replica_cpus
-    shard_cpus = share if c.shard_cpus is None else c.shard_cpus
+    replica_cpus = replica_ask.pop("CPU", share if c.replica_cpus is None else c.replica_cpus)
+    shard_cpus = shard_ask.pop("CPU", share if c.shard_cpus is None else c.shard_cpus)
     needed = c.replicas * replica_cpus + c.shards * shard_cpus
     if needed > cpus + 1e-9:
-        raise UserError(f"replica_cpus/shard_cpus ask for {needed:g} CPUs in all "
+        raise UserError(f"replicas and shards ask for {needed:g} CPUs in all "
                         f"({c.replicas} x {replica_cpus:g} + {c.shards} x {shard_cpus:g}) but the "
-                        f"cluster has {cpus:g}: lower --replica-cpus/--shard-cpus or add nodes")
-    gpus = 1.0 if c.device == "cuda" else 0.0
-    if gpus and resources.get("GPU", 0.0) < c.replicas:
-        raise UserError(f"device cuda gives each of {c.replicas} replicas a GPU but the cluster has "
-                        f"{resources.get('GPU', 0.0):g}: use fewer --replicas or --device cpu")
+                        f"cluster has {cpus:g}: ask for fewer CPUs per actor or add nodes")
+    gpus = replica_ask.pop("GPU", 1.0 if c.device == "cuda" else 0.0)
+    if shard_ask.pop("GPU", 0.0):
+        raise UserError("shard_resources asks for a GPU: shards update on the CPU; drop GPU= there")
+    if gpus and c.device == "cpu":
+        raise UserError("replica_resources gives replicas a GPU but device is cpu: use --device auto or cuda")
+    if gpus and resources.get("GPU", 0.0) < c.replicas * gpus:
+        raise UserError(f"{c.replicas} replicas with {gpus:g} GPU each need {c.replicas * gpus:g} GPUs "
+                        f"but the cluster has {resources.get('GPU', 0.0):g}: use fewer --replicas "
+                        "or --device cpu")
+    replica_cpus, shard_cpus = _floor4(replica_cpus), _floor4(shard_cpus)
+    if nodes is not None:
+        check_fits("replica", c.replicas, {"CPU": replica_cpus, "GPU": gpus, **replica_ask}, nodes)
+        check_fits("shard", c.shards, {"CPU": shard_cpus, **shard_ask}, nodes)
     threads = c.threads or max(1, int(replica_cpus))
-    return Placement(_floor4(replica_cpus), _floor4(shard_cpus), gpus, threads,
-                     prefetch=c.prefetch if c.prefetch is not None else (replica_cpus >= 1 or gpus > 0))
+    return Placement(replica_cpus, shard_cpus, gpus, threads,
+                     prefetch=c.prefetch if c.prefetch is not None else (replica_cpus >= 1 or gpus > 0),
+                     replica_custom=replica_ask, shard_custom=shard_ask,
+                     shard_strategy="SPREAD" if c.placement == "spread" else "DEFAULT")
+
+
+def live_nodes() -> list[dict]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
 def _floor4(x: float) -> float:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from ps.errors import UserError
+from ps.resources import parse_resources
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,6 +55,12 @@ class TrainConfig:
                                    "tensorboard extra)")
     replica_cpus: Optional[float] = opt(None, "Ray CPUs per replica; default: what fits the cluster")
     shard_cpus: Optional[float] = opt(None, "Ray CPUs per shard; default: what fits the cluster")
+    replica_resources: Optional[str] = opt(None, "Ray resources per replica, NAME=AMOUNT,...: "
+                                                 "CPU, GPU and custom ones (CPU=1,GPU=1,replica=1)")
+    shard_resources: Optional[str] = opt(None, "Ray resources per shard, e.g. CPU=1,ps=1 to put "
+                                               "shards on nodes started with --resources='{\"ps\": 4}'")
+    placement: str = opt("spread", "spread: shards over as many nodes as possible; pack: Ray's "
+                                   "default, shards where there is room")
     threads: Optional[int] = opt(None, "torch threads per replica; default max(1, replica_cpus)")
     timeout_s: float = opt(300.0, "longest wait on any single reply before the job fails")
     dry_run: bool = opt(False, "check a set-up: 3 steps per replica, then evaluate on 500 test samples")
@@ -62,7 +69,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 _POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight")
-_CHOICES = {"device": DEVICES}
+_CHOICES = {"device": DEVICES, "placement": ("spread", "pack")}
 
 
 def from_mapping(values: dict, source: str) -> TrainConfig:
@@ -145,6 +152,12 @@ def validate(c: TrainConfig) -> None:
     if c.metrics_port is not None and c.address:
         raise UserError("metrics_port applies to a local Ray only: on a cluster set it with "
                         "`ray start --metrics-export-port PORT` and drop --metrics-port")
+    for role in ("replica", "shard"):
+        spec = getattr(c, f"{role}_resources")
+        if spec is not None and "CPU" in parse_resources(spec, f"{role}_resources") \
+                and getattr(c, f"{role}_cpus") is not None:
+            raise UserError(f"{role}_cpus and CPU= in {role}_resources both set a {role}'s CPUs: "
+                            f"give one of --{role}-cpus or --{role}-resources CPU=...")
     for name, allowed in _CHOICES.items():
         if getattr(c, name) not in allowed:
             raise UserError(f"{name} is '{getattr(c, name)}': choose one of {', '.join(allowed)}")

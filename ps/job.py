@@ -125,15 +125,14 @@ class TrainingJob:
         self.controller = ray.remote(JobController).options(
             name=self.path.name, namespace=NAMESPACE, num_cpus=0,
             scheduling_strategy=cluster.on_this_node()).remote(self.path.name, str(self.path.resolve()))
-        shard_cls = ray.remote(ParameterShard).options(num_cpus=place.shard_cpus)
+        shard_cls = ray.remote(ParameterShard).options(**place.shard_options())
         self.shards = [shard_cls.remote(s, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
                                         self._planned_updates(), self.path.name if c.metrics else None,
                                         c.event_log)
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         data = self.p.dataset
         train = ray.put(data.train_images), ray.put(data.train_labels)
-        replica_cls = ray.remote(ModelReplica).options(
-            num_cpus=place.replica_cpus, num_gpus=place.replica_gpus, max_concurrency=2)
+        replica_cls = ray.remote(ModelReplica).options(**place.replica_options(), max_concurrency=2)
         self.replicas = [replica_cls.remote(r, c, self.p.plan, self.shards, *train, place.threads)
                          for r in range(c.replicas)]
         self.evaluator = ray.remote(Evaluator).options(
@@ -151,9 +150,8 @@ class TrainingJob:
         if len(ready) < len(actors):
             raise TimeoutError(
                 f"{len(actors) - len(ready)} of {len(actors)} actors did not start within "
-                f"{self.c.timeout_s:g} s; each replica asks for {self.place.replica_cpus:g} CPU and "
-                f"{self.place.replica_gpus:g} GPU, each shard {self.place.shard_cpus:g} CPU: "
-                "compare with `ray status`")
+                f"{self.c.timeout_s:g} s; each replica asks for {self.place.replica_options()}, "
+                f"each shard {self.place.shard_options()}: compare with `ray status`")
 
     def _supervise(self) -> list[dict]:
         """Waits for every replica's run, draining events, evaluating and redrawing progress meanwhile."""
@@ -305,7 +303,7 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     try:
         try:
             started = cluster.connect(c.address, c.metrics_port)
-            placement = cluster.plan_resources(c, ray.cluster_resources())
+            placement = cluster.plan_resources(c, ray.cluster_resources(), cluster.live_nodes())
         except UserError:
             rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise

@@ -22,7 +22,7 @@ def create(run_dir: Optional[str], label: str, root: str = "runs") -> Path:
         while path.exists():
             path, n = Path(f"{base}-{n}"), n + 1
     else:
-        path = Path(run_dir)
+        path = Path(run_dir).expanduser()
         if path.exists() and not path.is_dir():
             raise UserError(f"run_dir {path} is a file: give --run-dir a folder path")
         if any((path / name).exists() for name in (SUMMARY_NAME, LOG_NAME, MODEL_NAME)):

@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from ps.cluster import check_reachable, plan_resources
-from ps.config import TrainConfig
+from ps.config import TrainConfig, from_mapping
 from ps.errors import UserError
 
 
@@ -43,3 +43,50 @@ def test_an_address_nobody_answers_on_fails_fast():
     with pytest.raises(UserError, match=f"nothing answers at 127.0.0.1:{port}"):
         check_reachable(f"127.0.0.1:{port}")
     check_reachable("auto")  # resolved by Ray, not checked here
+
+
+def test_resource_specs_parse_and_name_the_field():
+    from ps.resources import parse_resources
+
+    assert parse_resources("CPU=1, GPU=0.5,ps=2", "shard_resources") == {"CPU": 1.0, "GPU": 0.5, "ps": 2.0}
+    for bad in ("CPU", "CPU=-1", "CPU=x", "=1", ",", "CPU=inf"):
+        with pytest.raises(UserError, match="shard_resources"):
+            parse_resources(bad, "shard_resources")
+
+
+def test_custom_resources_and_placement_reach_the_actor_options():
+    config = TrainConfig(replicas=2, shards=2, replica_resources="CPU=1,replica=1",
+                         shard_resources="CPU=0.5,ps=1", placement="spread")
+    nodes = [{"CPU": 2.0, "ps": 2.0}, {"CPU": 2.0, "replica": 2.0}]
+    place = plan_resources(config, {"CPU": 4.0, "ps": 2.0, "replica": 2.0}, nodes)
+    assert place.replica_options() == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {"replica": 1.0}}
+    assert place.shard_options() == {"num_cpus": 0.5, "resources": {"ps": 1.0},
+                                     "scheduling_strategy": "SPREAD"}
+    packed = plan_resources(TrainConfig(placement="pack"), {"CPU": 8.0}, [{"CPU": 8.0}])
+    assert packed.shard_options()["scheduling_strategy"] == "DEFAULT"
+
+
+def test_a_gpu_in_the_replica_resources_gives_replicas_gpus():
+    place = plan_resources(TrainConfig(replicas=2, replica_resources="GPU=1"),
+                           {"CPU": 4.0, "GPU": 2.0}, [{"CPU": 4.0, "GPU": 2.0}])
+    assert place.replica_gpus == 1.0 and place.prefetch
+
+
+@pytest.mark.parametrize("config, message", [
+    (TrainConfig(replicas=2, shards=2, shard_resources="ps=1"), "2 shards each asking for"),
+    (TrainConfig(replicas=3, shards=1, replica_resources="CPU=1,replica=1"), "room for 2"),
+    (TrainConfig(replicas=2, replica_resources="GPU=1"), "need 2 GPUs"),
+    (TrainConfig(shard_resources="GPU=1"), "shards update on the CPU"),
+    (TrainConfig(device="cpu", replica_resources="GPU=1"), "device is cpu"),
+])
+def test_requests_no_node_can_meet_fail_before_any_actor(config, message):
+    nodes = [{"CPU": 4.0, "ps": 1.0}, {"CPU": 4.0, "replica": 2.0}]
+    with pytest.raises(UserError, match=message) as info:
+        plan_resources(config, {"CPU": 8.0, "ps": 1.0, "replica": 2.0}, nodes)
+    if "asking for" in message:
+        assert "ps=1" in str(info.value) or "replica=2" in str(info.value)  # what the nodes have
+
+
+def test_cpus_given_twice_is_an_error():
+    with pytest.raises(UserError, match="give one of"):
+        from_mapping({"replica_cpus": 1.0, "replica_resources": "CPU=1"}, "flags")

@@ -80,6 +80,7 @@ class TrainingJob:
         self.live: Optional[LiveStats] = None  # from the header on, in _start_actors
         self.scalars = Scalars(run_path) if self.c.tensorboard else None
         self.stop_reason, self.samples_done = None, 0
+        self.name = run_path.name  # made unique among live jobs when the controller starts
         # accepted tau per shard, from drained events; 8 bytes a push, for long runs
         self.taus = [array.array("q") for _ in range(self.c.shards)]
         self.fetch_spreads: list[int] = []
@@ -122,12 +123,13 @@ class TrainingJob:
         self.log.append([header])
         self.live = LiveStats(header)
         # Named, so `downpour top --address` and `downpour stop` find the job; no CPU of its own.
+        self.name = _free_name(self.path.name)
         self.controller = ray.remote(JobController).options(
-            name=self.path.name, namespace=NAMESPACE, num_cpus=0,
-            scheduling_strategy=cluster.on_this_node()).remote(self.path.name, str(self.path.resolve()))
+            name=self.name, namespace=NAMESPACE, num_cpus=0,
+            scheduling_strategy=cluster.on_this_node()).remote(self.name, str(self.path.resolve()))
         shard_cls = ray.remote(ParameterShard).options(**place.shard_options())
         self.shards = [shard_cls.remote(s, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
-                                        self._planned_updates(), self.path.name if c.metrics else None,
+                                        self._planned_updates(), self.name if c.metrics else None,
                                         c.event_log)
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         data = self.p.dataset
@@ -260,7 +262,8 @@ class TrainingJob:
         all_taus = np.concatenate([np.asarray(t, dtype=np.int64) for t in self.taus])
         spreads = np.asarray(self.fetch_spreads)
         return {
-            "status": status, "error": error, "stop_reason": self.stop_reason, "dry_run": c.dry_run,
+            "run": self.name, "status": status, "error": error, "stop_reason": self.stop_reason,
+            "dry_run": c.dry_run,
             "test_accuracy": final.get("accuracy"), "test_loss": final.get("loss"),
             "test_samples": final.get("test_samples"),
             "wall_time_s": round(wall_time_s, 3), "train_time_s": train_s and round(train_s, 3),
@@ -277,6 +280,19 @@ class TrainingJob:
                             for e in self.evals],
             "replica_stats": results,
         }
+
+
+def _free_name(name: str) -> str:
+    """The run directory's name, or name-2, name-3...: two live jobs (in folders of the same name)
+    must not share a controller name or a metrics tag."""
+    candidate, n = name, 1
+    while True:
+        try:
+            ray.get_actor(candidate, namespace=NAMESPACE)
+        except ValueError:
+            return candidate
+        n += 1
+        candidate = f"{name}-{n}"
 
 
 def _safe_get(refs, timeout):

@@ -35,7 +35,7 @@ def running_job(ray_session, tmp_path_factory):
     """A job long enough to outlive the module's tests; stopped through its controller at the end."""
     from ps.job import train
 
-    run_dir = tmp_path_factory.mktemp("live") / "run"
+    run_dir = tmp_path_factory.mktemp("live") / "observed-run"  # a name no other test uses
     config = TrainConfig(dataset="synthetic", model="mlp", replicas=2, shards=2, steps=10**6,
                          eval_every=0.0, run_dir=str(run_dir), tensorboard=True)
     out, result = ProgressWatch(), []

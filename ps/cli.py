@@ -107,6 +107,27 @@ def add_job_parsers(sub) -> None:
         p.set_defaults(handler=handle_job_command, command=name)
 
 
+def add_scale_parser(sub) -> None:
+    p = sub.add_parser("scale", help="change the number of replicas of a running job",
+                       allow_abbrev=False)
+    p.add_argument("target", metavar="JOB_OR_RUN",
+                   help="a job id from `downpour submit`, a run directory or a run's name")
+    p.add_argument("--replicas", type=int, required=True, help="the new number of replicas (1 or more)")
+    p.add_argument("--address", required=True, metavar="ADDRESS",
+                   help="http://HEAD:8265 (the dashboard), or a Ray address: auto | HOST:PORT | ray://...")
+    p.set_defaults(handler=handle_scale)
+
+
+def handle_scale(args) -> int:
+    if args.replicas < 1:
+        raise UserError(f"--replicas {args.replicas}: a job needs 1 or more replicas")
+    use_token_auth()
+    from ps import jobs
+
+    jobs.scale(args.address, args.target, args.replicas, sys.stdout)
+    return 0
+
+
 def handle_job_command(args) -> int:
     use_token_auth()
     from ps import jobs
@@ -241,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.",
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train_parser, add_submit_parser, add_job_parsers, add_staleness_parser,
+    for add in (add_train_parser, add_submit_parser, add_job_parsers, add_scale_parser, add_staleness_parser,
                 add_report_parser, add_top_parser, add_plan_parser):
         add(sub)
     return parser

@@ -1,8 +1,9 @@
 """JobController: a running job's named actor, so other processes can find and steer it.
 
 The driver publishes a small live snapshot to it about once a second and takes back the commands
-queued since (stop); `downpour top --address` reads the snapshot. It holds no training state, so
-losing it loses nothing but the live view. Named `<run name>` in the `downpour` namespace.
+queued since (stop, scale); `downpour top --address` reads the snapshot and `downpour scale`
+queues a request and waits here for the driver's answer. It holds no training state, so losing it
+loses nothing but the live view. Named `<run name>` in the `downpour` namespace.
 """
 
 import time
@@ -16,11 +17,15 @@ class JobController:
         self.info = {"run": run, "run_dir": run_dir, "started": time.time()}
         self._snapshot: Optional[dict] = None
         self._stop_reason: Optional[str] = None
+        self._scale_requests: list[tuple[int, int]] = []  # (request id, replicas), not yet taken
+        self._scale_answers: dict[int, dict] = {}
+        self._next_id = 0
 
     def publish(self, snapshot: dict) -> dict:
-        """From the driver: the newest snapshot in; the pending commands out."""
+        """From the driver: the newest snapshot in; the pending commands out (each given once)."""
         self._snapshot = snapshot
-        return {"stop": self._stop_reason}
+        scale, self._scale_requests = self._scale_requests, []
+        return {"stop": self._stop_reason, "scale": scale}
 
     def snapshot(self) -> dict:
         return {**self.info, "live": self._snapshot}
@@ -28,3 +33,16 @@ class JobController:
     def request_stop(self, reason: str = "stop requested") -> None:
         """The job finishes its current round, evaluates, saves model.pt and ends with status 'stopped'."""
         self._stop_reason = reason
+
+    def request_scale(self, replicas: int) -> int:
+        """Queues a change of the number of replicas; returns the id to ask `scale_answer` about."""
+        self._next_id += 1
+        self._scale_requests.append((self._next_id, replicas))
+        return self._next_id
+
+    def answer_scale(self, request: int, ok: bool, message: str) -> None:
+        self._scale_answers[request] = {"ok": ok, "message": message}
+
+    def scale_answer(self, request: int) -> Optional[dict]:
+        """None until the driver has acted on the request (it looks about once a second)."""
+        return self._scale_answers.get(request)

@@ -45,6 +45,12 @@ def eval_record(t: float, accuracy: float, loss: float, versions: list[int], sam
             "samples": samples}
 
 
+def scale_record(t: float, replicas: int, active: list[int], generation: int) -> dict:
+    """The job was scaled: `active` are the replica ids training from now on, on parts of a fresh
+    partition of the data numbered `generation`."""
+    return {"kind": "scale", "t": t, "replicas": replicas, "active": active, "generation": generation}
+
+
 class EventLog:
     """Appends batches of records to RUN_DIR/events.msgpack; one write and flush per batch."""
 

@@ -81,6 +81,7 @@ class TrainingJob:
         self.scalars = Scalars(run_path) if self.c.tensorboard else None
         self.stop_reason, self.samples_done = None, 0
         self.name = run_path.name  # made unique among live jobs when the controller starts
+        self.active, self.results, self.retired, self.generation = [], {}, set(), 0
         # accepted tau per shard, from drained events; 8 bytes a push, for long runs
         self.taus = [array.array("q") for _ in range(self.c.shards)]
         self.fetch_spreads: list[int] = []
@@ -133,14 +134,18 @@ class TrainingJob:
                                         c.event_log)
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         data = self.p.dataset
-        train = ray.put(data.train_images), ray.put(data.train_labels)
-        replica_cls = ray.remote(ModelReplica).options(**place.replica_options(), max_concurrency=2)
-        self.replicas = [replica_cls.remote(r, c, self.p.plan, self.shards, *train, place.threads)
-                         for r in range(c.replicas)]
+        self._train = ray.put(data.train_images), ray.put(data.train_labels)
+        self.replicas = [self._new_replica(r) for r in range(c.replicas)]
+        self.active = list(range(c.replicas))  # replica ids (indices into self.replicas) training now
         self.evaluator = ray.remote(Evaluator).options(
             num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(
             c.model, c.seed, self.p.plan, self.shards, data.test_images, data.test_labels, c.timeout_s)
         self._wait_ready()
+
+    def _new_replica(self, replica_id: int, part=None, total_steps=None):
+        cls = ray.remote(ModelReplica).options(**self.place.replica_options(), max_concurrency=2)
+        return cls.remote(replica_id, self.c, self.p.plan, self.shards, *self._train,
+                          self.place.threads, part, total_steps)
 
     def _wait_ready(self) -> None:
         """Every actor must be placed and built within timeout_s; a request the cluster cannot
@@ -156,16 +161,19 @@ class TrainingJob:
                 f"each shard {self.place.shard_options()}: compare with `ray status`")
 
     def _supervise(self) -> list[dict]:
-        """Waits for every replica's run, draining events, evaluating and redrawing progress meanwhile."""
-        c, runs = self.c, [r.run.remote() for r in self.replicas]
+        """Waits for every replica's run, draining events, evaluating, redrawing progress and
+        acting on the controller's commands meanwhile; replicas added by a scale join the wait."""
+        c = self.c
+        runs = {r.run.remote(): i for i, r in enumerate(self.replicas)}
         progress = ProgressLine(self._planned_epochs(), self.out)
-        self._eval_ref, self._next_eval, pending = None, c.eval_every, runs
+        self._eval_ref, self._next_eval, pending = None, c.eval_every, list(runs)
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-            ray.get(done)  # raises here as soon as a replica failed
+            for ref in done:
+                self.results[runs[ref]] = ray.get(ref)  # raises here as soon as a replica failed
             self._drain()
-            steps = sum(s["step"] for s in ray.get([r.progress.remote() for r in self.replicas],
-                                                   timeout=c.timeout_s))
+            self._retire_removed()
+            steps = self._steps_done()
             epochs, self.samples_done = steps / self._steps_per_epoch, steps * c.batch_size
             self._maybe_evaluate(epochs, more_to_come=bool(pending))
             snapshot = self.live.snapshot()
@@ -173,16 +181,42 @@ class TrainingJob:
                             self.evals[-1]["accuracy"] if self.evals else None, snapshot["tau"]["p50"])
             if self.scalars:
                 self.scalars.live(self.samples_done, snapshot)
-            self._publish(snapshot)
+            for replica_id, actor in self._publish(snapshot, steps):
+                ref = actor.run.remote()
+                runs[ref] = replica_id
+                pending.append(ref)
         progress.close()
         if self._eval_ref is not None:
             self._record_eval(ray.get(self._eval_ref, timeout=c.timeout_s), self._eval_epochs)
-        return ray.get(runs)
+        return [self.results[i] for i in sorted(self.results)]
+
+    def _live_ids(self) -> list[int]:
+        return [i for i in range(len(self.replicas)) if i not in self.retired]
+
+    def _steps_done(self) -> int:
+        """Steps of every replica so far, removed ones included."""
+        live = ray.get([self.replicas[i].progress.remote() for i in self._live_ids()],
+                       timeout=self.c.timeout_s)
+        return sum(p["step"] for p in live) + sum(self.results[i]["steps"] for i in self.retired)
+
+    def _retire_removed(self) -> None:
+        """A replica scaled away whose run has returned (and whose events were just drained)
+        gives its resources back to the cluster."""
+        for i in list(self.results):
+            if i not in self.active and i not in self.retired:
+                ray.kill(self.replicas[i])
+                self.retired.add(i)
 
     @property
     def _steps_per_epoch(self) -> int:
         """Steps of all replicas together in one epoch (each replica over its own partition)."""
         return (len(self.p.dataset.train_labels) // self.c.replicas // self.c.batch_size) * self.c.replicas
+
+    @property
+    def _budget(self) -> int:
+        """Steps of all replicas together that the run does, however it is scaled."""
+        per_replica = self.c.steps or self.c.epochs * (self._steps_per_epoch // self.c.replicas)
+        return per_replica * self.c.replicas
 
     def _planned_updates(self) -> int:
         """Pushes each shard will receive: what a schedule measures its progress against."""
@@ -203,14 +237,60 @@ class TrainingJob:
             self._eval_ref, self._eval_epochs = self.evaluator.evaluate.remote(), epochs
             self._next_eval += self.c.eval_every
 
-    def _publish(self, snapshot: dict) -> None:
-        """The live view for `downpour top --address`; a stop asked through the controller reaches
-        every replica, which ends after its current step."""
+    def _publish(self, snapshot: dict, steps: int) -> list[tuple[int, object]]:
+        """The live view for `downpour top --address`; takes back the commands queued at the
+        controller. A stop reaches every replica, which ends after its current step. Returns the
+        replicas a scale-up started, whose runs the caller must wait for."""
         commands = ray.get(self.controller.publish.remote(snapshot), timeout=self.c.timeout_s)
         if commands["stop"] and self.stop_reason is None:
             self.stop_reason = commands["stop"]
             print(f"\ndownpour: stopping: {self.stop_reason}", file=self.out)
-            ray.get([r.stop.remote() for r in self.replicas], timeout=self.c.timeout_s)
+            ray.get([self.replicas[i].stop.remote() for i in self._live_ids()], timeout=self.c.timeout_s)
+        started = []
+        for request, replicas in commands["scale"]:
+            ok, message, new = self._rescale(replicas, steps)
+            self.controller.answer_scale.remote(request, ok, message)
+            print(f"\ndownpour: scale to {replicas} replicas: {message}", file=self.out)
+            started += new
+        return started
+
+    def _rescale(self, n: int, steps: int) -> tuple[bool, str, list]:
+        """Keeps the first n active replicas (stopping the rest after their current step) or adds
+        new ones; every replica of the new generation trains on part k of n of a fresh partition
+        from its next step, and the steps left in the run are shared out anew."""
+        if self.stop_reason:
+            return False, "the job is stopping", []
+        training = [i for i in self.active if i not in self.results]  # not done with their steps
+        plan = rescale_plan(training, self._budget - steps, n, len(self.replicas))
+        if isinstance(plan, str):
+            return False, plan, []
+        missing = self._missing_room(len(plan.new))
+        if missing:
+            return False, missing, []
+        self.generation += 1
+        current = {i: p["step"] for i, p in zip(plan.keep, ray.get(
+            [self.replicas[i].progress.remote() for i in plan.keep], timeout=self.c.timeout_s))}
+        for i in plan.drop:
+            self.replicas[i].stop.remote()
+        for k, i in enumerate(plan.keep):
+            self.replicas[i].reassign.remote((n, k, self.generation), current[i] + plan.share)
+        new = [(i, self._new_replica(i, (n, len(plan.keep) + k, self.generation), plan.share))
+               for k, i in enumerate(plan.new)]
+        self.replicas += [actor for _, actor in new]
+        before, self.active = len(self.active), plan.keep + plan.new
+        self.log.append([events.scale_record(time.time(), n, self.active, self.generation)])
+        return True, (f"{before} -> {n} replicas (generation {self.generation}; each does "
+                      f"{plan.share} more steps on part k of {n})"), new
+
+    def _missing_room(self, add: int) -> Optional[str]:
+        """Why `add` more replicas would not fit in what the cluster has free, or None."""
+        free, opts = ray.available_resources(), self.place.replica_options()
+        asked = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **(opts["resources"] or {})}
+        short = {k: v * add for k, v in asked.items() if v and free.get(k, 0.0) + 1e-9 < v * add}
+        if add and short:
+            return (f"{add} more replicas need {short} but the cluster has "
+                    f"{ {k: round(free.get(k, 0.0), 4) for k in short} } free; free some or add nodes")
+        return None
 
     def _record_eval(self, result: dict, epochs: float) -> None:
         """`epochs`: training progress when the evaluation started (its pull came right after)."""
@@ -224,8 +304,8 @@ class TrainingJob:
 
     def _drain(self) -> None:
         """Moves buffered events from every actor into the log: one small call per actor per poll."""
-        batches = ray.get([a.drain_events.remote() for a in self.shards + self.replicas],
-                          timeout=self.c.timeout_s)
+        live = [self.replicas[i] for i in self._live_ids()]
+        batches = ray.get([a.drain_events.remote() for a in self.shards + live], timeout=self.c.timeout_s)
         for batch in batches:
             self.log.append(batch)
             self.live.ingest(batch)
@@ -280,6 +360,27 @@ class TrainingJob:
                             for e in self.evals],
             "replica_stats": results,
         }
+
+
+@dataclass(frozen=True)
+class RescalePlan:
+    keep: list   # active replica ids that go on
+    drop: list   # active replica ids that stop after their current step
+    new: list    # ids of replicas to start
+    share: int   # steps each replica of the new generation does from now on
+
+
+def rescale_plan(active: list[int], steps_left: int, n: int, next_id: int) -> "RescalePlan | str":
+    """Pure: who stays, who goes, who starts, and each one's share of the steps left; or why not."""
+    if n < 1:
+        return f"replicas {n}: a job needs 1 or more"
+    if n == len(active):
+        return f"the job already has {n} replicas"
+    if steps_left < n:
+        return "the run is about to end: nothing left to share out"
+    keep, drop = active[:n], active[n:]
+    new = list(range(next_id, next_id + max(0, n - len(active))))
+    return RescalePlan(keep, drop, new, -(-steps_left // n))
 
 
 def _free_name(name: str) -> str:

@@ -133,3 +133,70 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
+
+
+SCALE_TIMEOUT_S = 120.0
+
+
+def scale(address: str, target: str, replicas: int, out: TextIO) -> None:
+    """Changes the number of replicas of a running job. Through the dashboard (http://...) it runs
+    this same command on the head node as a small job of its own, where the job's controller is
+    reachable; through a Ray address it asks the controller directly and waits for the answer."""
+    if replicas < 1:
+        raise UserError(f"--replicas {replicas}: a job needs 1 or more replicas")
+    if address.startswith(("http://", "https://")):
+        _scale_through_dashboard(address, target, replicas, out)
+    else:
+        _scale_through_ray(address, target, replicas, out)
+
+
+def _scale_through_dashboard(address: str, target: str, replicas: int, out: TextIO) -> None:
+    client = connect(address)
+    job_id = client.submit_job(entrypoint=shlex.join(
+        ["downpour", "scale", target, "--replicas", str(replicas), "--address", "auto"]))
+    deadline = time.time() + SCALE_TIMEOUT_S
+    while not client.get_job_status(job_id).is_terminal():
+        if time.time() > deadline:
+            client.stop_job(job_id)
+            raise UserError(f"the scale request got no answer within {SCALE_TIMEOUT_S:g} s")
+        time.sleep(0.5)  # waiting on the cluster's job, which waits on the job's controller
+    text = client.get_job_logs(job_id).strip()
+    if str(client.get_job_status(job_id)) != "SUCCEEDED":
+        raise UserError(text.splitlines()[-1].removeprefix("downpour: error: ") if text
+                        else f"the scale job {job_id} failed")
+    print(text, file=out)
+
+
+def _scale_through_ray(address: str, target: str, replicas: int, out: TextIO) -> None:
+    import ray
+
+    from ps import cluster
+    from ps.controller import NAMESPACE
+    from ps.top import find_job
+
+    started = cluster.connect(address)
+    try:
+        name = find_job(job_name(target))
+        controller = ray.get_actor(name, namespace=NAMESPACE)
+        request = ray.get(controller.request_scale.remote(replicas), timeout=30)
+        deadline, answer = time.time() + SCALE_TIMEOUT_S, None
+        while answer is None:
+            if time.time() > deadline:
+                raise UserError(f"job {name} did not answer the scale request within "
+                                f"{SCALE_TIMEOUT_S:g} s")
+            time.sleep(0.2)  # the driver looks at its controller about once a second
+            answer = ray.get(controller.scale_answer.remote(request), timeout=30)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        raise UserError(f"job {target} ended before it answered") from None
+    finally:
+        if started:
+            ray.shutdown()
+    if not answer["ok"]:
+        raise UserError(f"job {name}: cannot scale to {replicas} replicas: {answer['message']}")
+    print(f"job {name}: {answer['message']}", file=out)
+
+
+def job_name(target: str) -> str:
+    """A job id (downpour-NAME), a run directory path or a run name -> the run name."""
+    name = Path(target.rstrip("/")).name
+    return name.removeprefix(JOB_PREFIX)

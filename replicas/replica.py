@@ -6,7 +6,7 @@ shard every n_fetch steps and pushing accumulated gradients every n_push steps, 
 
 import collections
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import ray
@@ -36,15 +36,20 @@ class ModelReplica:
     `progress` and `drain_events` on the other (both only read counters or pop a deque)."""
 
     def __init__(self, replica_id: int, config: TrainConfig, plan: ShardPlan, shards: Sequence,
-                 train_images: np.ndarray, train_labels: np.ndarray, threads: int):
+                 train_images: np.ndarray, train_labels: np.ndarray, threads: int,
+                 part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None):
         self.id = replica_id
         self.c = config
         self.plan = plan
         self.shards = list(shards)
         self.images, self.labels = train_images, train_labels  # read-only views of the object store
-        self.indices = partition(len(train_labels), config.replicas, replica_id, config.seed)
+        # (parts, index, generation): part `index` of `parts`, drawn afresh for each generation of
+        # a scaled job, so the replicas of one generation hold disjoint data
+        self.part = part or (config.replicas, replica_id, 0)
+        self.indices = self._partition(self.part)
+        self._next_part: Optional[tuple[int, int, int]] = None  # from `reassign`, taken at a step
         self.steps_per_epoch = len(self.indices) // config.batch_size
-        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        self.total_steps = total_steps or config.steps or config.epochs * self.steps_per_epoch
         self.threads = threads
         self.device = choose_device(config.device)
         self.model = build_model(config.model, config.seed).to(self.device)
@@ -64,11 +69,10 @@ class ModelReplica:
         """Blocks until this replica has done its steps; returns its counters and timings."""
         torch.set_num_threads(self.threads)  # here, on the thread that computes (OpenMP is per thread)
         batches, fetch, pushed_from, t_first = self._batches(), self._start_fetch(), None, None
-        for step in range(self.total_steps):
-            if self.stopping:
-                break
+        step = 0
+        while step < self.total_steps and not self.stopping:  # `reassign` may move the end
             if step % self.c.n_fetch == 0:
-                versions = self._install(fetch)
+                versions = self._install(fetch or self._start_fetch())
             t_first = t_first or time.time()
             fetch_next = (step + 1) % self.c.n_fetch == 0 and step + 1 < self.total_steps
             # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
@@ -77,23 +81,37 @@ class ModelReplica:
             pushed_from = pushed_from or versions  # staleness counts from the oldest gradient's fetch
             self._compute(next(batches), local_step=self.c.n_fetch > 1)
             fetch = scheduled.take() if scheduled else None
-            if (step + 1) % self.c.n_push == 0 or step + 1 == self.total_steps:
+            if (step + 1) % self.c.n_push == 0 or step + 1 >= self.total_steps:
                 self._push(pushed_from)
                 pushed_from = None
             if fetch_next and fetch is None:
                 fetch = self._start_fetch()  # after our own push, so it includes it
-            self.step = step + 1
+            self.step = step = step + 1
         while self._inflight:
             self._settle_oldest_push()
         return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
+                "part": list(self.part),
                 "t_first": t_first, "t_last": time.time(), **self.counts,
                 **{f"{k}_s": v for k, v in self.timers.items()}}
 
     def _batches(self):
+        """Epoch after epoch over this replica's part; a new part from `reassign` takes effect at
+        the next batch."""
         epoch = 0
         while True:
-            yield from epoch_batches(self.indices, self.c.batch_size, epoch, self.c.seed, self.id)
+            for batch in epoch_batches(self.indices, self.c.batch_size, epoch, self.c.seed, self.id):
+                if self._next_part is not None:
+                    break
+                yield batch
+            if self._next_part is not None:
+                self.part, self._next_part = self._next_part, None
+                self.indices, epoch = self._partition(self.part), 0
+                continue
             epoch += 1
+
+    def _partition(self, part: tuple[int, int, int]) -> np.ndarray:
+        parts, index, generation = part
+        return partition(len(self.labels), parts, index, self.c.seed + generation)
 
     def _start_fetch(self) -> tuple[list, float]:
         return [shard.pull.remote() for shard in self.shards], time.time()
@@ -159,6 +177,12 @@ class ModelReplica:
     def progress(self) -> dict:
         return {"replica": self.id, "step": self.step, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch}
+
+    def reassign(self, part: tuple[int, int, int], total_steps: int) -> None:
+        """From the job's thread, when the job is scaled: train on `part` from the next batch on,
+        and end after `total_steps` steps in all."""
+        self.total_steps = total_steps
+        self._next_part = part
 
     def stop(self) -> None:
         """Ends `run` after the current step; its pushes in flight still land."""

@@ -1,7 +1,6 @@
 """A real job, watched while it runs: Ray's Prometheus endpoint, `downpour top` from the run
 directory and through the cluster, TensorBoard scalars, and a stop asked through the job's controller."""
 
-import io
 import re
 import threading
 import time
@@ -12,22 +11,10 @@ import pytest
 from ps import cli
 from ps.config import TrainConfig
 from ps.controller import NAMESPACE
+from tests_support import ProgressWatch
 
 pytestmark = pytest.mark.ray
 START_TIMEOUT_S = 120
-
-
-class ProgressWatch(io.StringIO):
-    """The job's output stream; `started` is set at the first progress line, when the actors run."""
-
-    def __init__(self):
-        super().__init__()
-        self.started = threading.Event()
-
-    def write(self, text: str) -> int:
-        if "samples/s" in text:
-            self.started.set()
-        return super().write(text)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,58 @@
+"""Live scaling of a real job: 2 -> 4 -> 1 replicas through `downpour scale`, on the shared Ray."""
+
+import threading
+
+import pytest
+
+from ps import cli, events
+from ps.config import TrainConfig
+from ps.job import RescalePlan, rescale_plan
+from tests_support import ProgressWatch
+
+pytestmark = pytest.mark.ray
+TIMEOUT_S = 180
+
+
+def test_rescale_plan_keeps_the_first_and_shares_out_the_rest():
+    assert rescale_plan([0, 1], 100, 4, 2) == RescalePlan([0, 1], [], [2, 3], 25)
+    assert rescale_plan([0, 1, 2, 3], 10, 1, 4) == RescalePlan([0], [1, 2, 3], [], 10)
+    assert rescale_plan([0, 2], 7, 2, 5) == "the job already has 2 replicas"
+    assert rescale_plan([0, 2], 7, 3, 5) == RescalePlan([0, 2], [], [5], 3)  # ceil(7 / 3)
+    assert "about to end" in rescale_plan([0], 1, 2, 1)
+    assert "1 or more" in rescale_plan([0], 100, 0, 1)
+
+
+def test_scale_a_running_job_up_then_down(ray_session, tmp_path, capsys):
+    from ps.job import train
+
+    run_dir = tmp_path / "scaled-run"
+    config = TrainConfig(dataset="synthetic", model="mlp", replicas=2, shards=2, steps=600,
+                         eval_every=0.0, replica_cpus=0.2, shard_cpus=0.2, run_dir=str(run_dir))
+    out, result = ProgressWatch(), []
+    thread = threading.Thread(target=lambda: result.append(train(config, out=out)), daemon=True)
+    thread.start()
+    assert out.started.wait(TIMEOUT_S), out.getvalue()
+
+    assert cli.main(["scale", str(run_dir), "--replicas", "4", "--address", "auto"]) == 0
+    assert "2 -> 4 replicas" in capsys.readouterr().out
+    assert cli.main(["scale", "downpour-" + run_dir.name, "--replicas", "1", "--address", "auto"]) == 0
+    assert "4 -> 1 replicas" in capsys.readouterr().out
+    assert cli.main(["scale", run_dir.name, "--replicas", "0", "--address", "auto"]) == 2
+    assert "1 or more" in capsys.readouterr().err
+
+    thread.join(TIMEOUT_S)
+    assert result, out.getvalue()
+    _, summary = result[0]
+    assert summary["status"] == "completed", summary["error"]
+    stats = {r["replica"]: r for r in summary["replica_stats"]}
+    assert sorted(stats) == [0, 1, 2, 3]  # 2 and 3 joined; none reused an id
+    # generation 1: four disjoint parts of 4; generation 2: replica 0 alone holds all of part 0 of 1
+    assert stats[0]["part"] == [1, 0, 2]
+    assert sorted(tuple(stats[i]["part"]) for i in (1, 2, 3)) == [(4, 1, 1), (4, 2, 1), (4, 3, 1)]
+    budget = 600 * 2
+    done = sum(r["steps"] for r in stats.values())
+    assert budget <= done <= budget + 20  # a replica stopping or reassigned may add a step or so
+
+    scales = [r for r in events.read_events(run_dir / events.LOG_NAME) if r["kind"] == "scale"]
+    assert [(r["replicas"], r["active"], r["generation"]) for r in scales] == [
+        (4, [0, 1, 2, 3], 1), (1, [0], 2)]

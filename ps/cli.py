@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import signal
 import sys
 import typing
 import warnings
@@ -55,8 +54,6 @@ def config_values(args) -> tuple[dict, str]:
 def handle_train(args) -> int:
     values, source = config_values(args)
     config = cfg.from_mapping(values, source)
-    # `ray job stop` and other supervisors send SIGTERM: end the run as Ctrl-C does, with a summary
-    signal.signal(signal.SIGTERM, _interrupt)
     if config.address:
         use_token_auth()
     from ps.job import train  # imports torch and ray: after the checks, and keeps --help fast
@@ -64,10 +61,6 @@ def handle_train(args) -> int:
     _, summary = train(config)
     return {"completed": 0, "stopped": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"],
                                                                               EXIT_RUN_FAILED)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def add_submit_parser(sub) -> None:
@@ -97,11 +90,13 @@ def handle_submit(args) -> int:
 
 def add_job_parsers(sub) -> None:
     for name, help_ in (("status", "state of a submitted job"), ("logs", "output of a submitted job"),
-                        ("stop", "stop a submitted job")):
+                        ("stop", "stop a running job: it evaluates, saves and ends `stopped`")):
         p = sub.add_parser(name, help=help_, allow_abbrev=False)
-        p.add_argument("job_id", metavar="JOB_ID", help="as `downpour submit` printed it")
+        p.add_argument("job_id", metavar="JOB_ID", help="as `downpour submit` printed it" + (
+            "; or, with a Ray address, a run directory or run name" if name == "stop" else ""))
         p.add_argument("--address", required=True, metavar="http://HEAD:8265",
-                       help="the head node's dashboard address")
+                       help="the head node's dashboard address" + (
+                           " (or a Ray address: auto | HOST:PORT | ray://...)" if name == "stop" else ""))
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
         p.set_defaults(handler=handle_job_command, command=name)

@@ -23,7 +23,8 @@ def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
     if address:
         check_reachable(address)
     try:
-        ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True,
+        # "local": a new Ray of our own, even where a `ray start` cluster runs on this machine
+        ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True,
                  include_dashboard=False if not address else None,
                  runtime_env=None if address else local_runtime_env(),
                  _metrics_export_port=None if address else metrics_port)

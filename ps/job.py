@@ -6,7 +6,9 @@ files: gradients and parameters go between replicas and shards directly.
 
 import array
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,7 @@ class TrainingJob:
         self.stop_reason, self.samples_done = None, 0
         self.name = run_path.name  # made unique among live jobs when the controller starts
         self.active, self.results, self.retired, self.generation = [], {}, set(), 0
+        self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
         # accepted tau per shard, from drained events; 8 bytes a push, for long runs
         self.taus = [array.array("q") for _ in range(self.c.shards)]
         self.fetch_spreads: list[int] = []
@@ -159,6 +162,8 @@ class TrainingJob:
                 f"{len(actors) - len(ready)} of {len(actors)} actors did not start within "
                 f"{self.c.timeout_s:g} s; each replica asks for {self.place.replica_options()}, "
                 f"each shard {self.place.shard_options()}: compare with `ray status`")
+        self.nodes = {"driver": ray.get_runtime_context().get_node_id(),
+                      "shards": _node_ids(self.shards), "replicas": _node_ids(self.replicas)}
 
     def _supervise(self) -> list[dict]:
         """Waits for every replica's run, draining events, evaluating, redrawing progress and
@@ -277,6 +282,7 @@ class TrainingJob:
         new = [(i, self._new_replica(i, (n, len(plan.keep) + k, self.generation), plan.share))
                for k, i in enumerate(plan.new)]
         self.replicas += [actor for _, actor in new]
+        self.nodes["replicas"] += [None] * len(new)  # placed later: their node is not waited for
         before, self.active = len(self.active), plan.keep + plan.new
         self.log.append([events.scale_record(time.time(), n, self.active, self.generation)])
         return True, (f"{before} -> {n} replicas (generation {self.generation}; each does "
@@ -350,6 +356,7 @@ class TrainingJob:
             "train_samples": samples, "samples_per_s": train_s and round(samples / train_s, 1),
             "replicas": c.replicas, "shards": c.shards, "model": c.model, "dataset": c.dataset,
             "updates": [s["version"] for s in shard_stats] if shard_stats else None,
+            "nodes": self.nodes,
             "rejected_pushes": self.rejected,
             "staleness": {**summarize(all_taus),
                           "per_shard": [summarize(t) for t in self.taus]},
@@ -381,6 +388,24 @@ def rescale_plan(active: list[int], steps_left: int, n: int, next_id: int) -> "R
     keep, drop = active[:n], active[n:]
     new = list(range(next_id, next_id + max(0, n - len(active))))
     return RescalePlan(keep, drop, new, -(-steps_left // n))
+
+
+def _sigterm_as_interrupt() -> None:
+    """`ray job stop` and other supervisors send SIGTERM: end the run as Ctrl-C does, with a final
+    evaluation and a summary. Installed after ray.init, over Ray's own handler; only a program's
+    main thread may set handlers (a job run from a thread keeps the default)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _node_ids(actors: list) -> list[str]:
+    """The Ray node each actor runs on, asked of the actor itself."""
+    return ray.get([a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+                    for a in actors])
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _free_name(name: str) -> str:
@@ -420,6 +445,7 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     try:
         try:
             started = cluster.connect(c.address, c.metrics_port)
+            _sigterm_as_interrupt()
             placement = cluster.plan_resources(c, ray.cluster_resources(), cluster.live_nodes())
         except UserError:
             rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind

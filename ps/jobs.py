@@ -8,6 +8,7 @@ and the run directory `~/downpour-runs/<run name>` on the head node, unless --ru
 """
 
 import asyncio
+import contextlib
 import shlex
 import time
 from pathlib import Path
@@ -107,16 +108,37 @@ def logs(address: str, job_id: str, follow: bool, out: TextIO) -> None:
     asyncio.run(tail())
 
 
-def stop(address: str, job_id: str, out: TextIO) -> None:
-    """Ray stops the entrypoint (SIGTERM, then SIGKILL after its grace period); `downpour train`
-    takes SIGTERM like Ctrl-C: the run ends `interrupted`, with its summary, as far as it gets."""
-    client = connect(address)
-    info = _job_info(client, job_id, address)
-    if info.status.is_terminal():
-        print(f"job {job_id} is already {info.status}", file=out)
+def stop(address: str, target: str, out: TextIO) -> None:
+    """A graceful stop: the job's controller tells every replica to end after its current step;
+    the job evaluates, saves model.pt and ends `stopped`. Through the dashboard this runs on the
+    head as a small job of its own; a job that has not ended STOP_TIMEOUT_S later is stopped by
+    Ray (SIGTERM, then SIGKILL)."""
+    if not address.startswith(("http://", "https://")):
+        _stop_through_ray(address, target, out)
         return
-    client.stop_job(job_id)
-    print(f"job {job_id}: stop requested", file=out)
+    client = connect(address)
+    info = _job_info(client, target, address)
+    if info.status.is_terminal():
+        print(f"job {target} is already {info.status}", file=out)
+        return
+    _run_on_head(client, ["downpour", "stop", target, "--address", "auto"], out)
+    deadline = time.time() + STOP_TIMEOUT_S
+    while not client.get_job_status(target).is_terminal():
+        if time.time() > deadline:
+            client.stop_job(target)
+            print(f"job {target} did not end within {STOP_TIMEOUT_S:g} s: Ray stops it", file=out)
+            return
+        time.sleep(0.5)  # the job evaluates and saves before it ends
+    print(f"job {target}: {client.get_job_status(target)}", file=out)
+
+
+def _stop_through_ray(address: str, target: str, out: TextIO) -> None:
+    import ray
+
+    with _controller(address, target) as (name, controller):
+        ray.get(controller.request_stop.remote("stopped by `downpour stop`"), timeout=30)
+        print(f"job {name}: stop requested; it ends after its replicas' current step, "
+              "a final evaluation and model.pt", file=out)
 
 
 def _job_info(client, job_id: str, address: str):
@@ -135,7 +157,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 
-SCALE_TIMEOUT_S = 120.0
+HEAD_COMMAND_TIMEOUT_S = 120.0  # a scale or stop request: the driver answers within about a second
+STOP_TIMEOUT_S = 300.0  # a stopped job still evaluates and saves model.pt
 
 
 def scale(address: str, target: str, replicas: int, out: TextIO) -> None:
@@ -151,23 +174,49 @@ def scale(address: str, target: str, replicas: int, out: TextIO) -> None:
 
 
 def _scale_through_dashboard(address: str, target: str, replicas: int, out: TextIO) -> None:
-    client = connect(address)
-    job_id = client.submit_job(entrypoint=shlex.join(
-        ["downpour", "scale", target, "--replicas", str(replicas), "--address", "auto"]))
-    deadline = time.time() + SCALE_TIMEOUT_S
+    _run_on_head(connect(address),
+                 ["downpour", "scale", target, "--replicas", str(replicas), "--address", "auto"], out)
+
+
+def _run_on_head(client, argv: list[str], out: TextIO) -> None:
+    """Runs a downpour command as a small job on the head node, where the cluster's named actors
+    are reachable, and prints its output; its failure becomes ours."""
+    job_id = client.submit_job(entrypoint=shlex.join(argv))
+    deadline = time.time() + HEAD_COMMAND_TIMEOUT_S
     while not client.get_job_status(job_id).is_terminal():
         if time.time() > deadline:
             client.stop_job(job_id)
-            raise UserError(f"the scale request got no answer within {SCALE_TIMEOUT_S:g} s")
+            raise UserError(f"`{shlex.join(argv[:2])}` got no answer on the head within "
+                            f"{HEAD_COMMAND_TIMEOUT_S:g} s")
         time.sleep(0.5)  # waiting on the cluster's job, which waits on the job's controller
     text = client.get_job_logs(job_id).strip()
     if str(client.get_job_status(job_id)) != "SUCCEEDED":
         raise UserError(text.splitlines()[-1].removeprefix("downpour: error: ") if text
-                        else f"the scale job {job_id} failed")
-    print(text, file=out)
+                        else f"the job {job_id} running `{shlex.join(argv[:2])}` failed")
+    lines = [line for line in text.splitlines() if line.startswith("job ")]
+    print("\n".join(lines) or text, file=out)
 
 
 def _scale_through_ray(address: str, target: str, replicas: int, out: TextIO) -> None:
+    import ray
+
+    with _controller(address, target) as (name, controller):
+        request = ray.get(controller.request_scale.remote(replicas), timeout=30)
+        deadline, answer = time.time() + HEAD_COMMAND_TIMEOUT_S, None
+        while answer is None:
+            if time.time() > deadline:
+                raise UserError(f"job {name} did not answer the scale request within "
+                                f"{HEAD_COMMAND_TIMEOUT_S:g} s")
+            time.sleep(0.2)  # the driver looks at its controller about once a second
+            answer = ray.get(controller.scale_answer.remote(request), timeout=30)
+    if not answer["ok"]:
+        raise UserError(f"job {name}: cannot scale to {replicas} replicas: {answer['message']}")
+    print(f"job {name}: {answer['message']}", file=out)
+
+
+@contextlib.contextmanager
+def _controller(address: str, target: str):
+    """(name, handle) of the job's controller on the cluster at a Ray address."""
     import ray
 
     from ps import cluster
@@ -177,23 +226,12 @@ def _scale_through_ray(address: str, target: str, replicas: int, out: TextIO) ->
     started = cluster.connect(address)
     try:
         name = find_job(job_name(target))
-        controller = ray.get_actor(name, namespace=NAMESPACE)
-        request = ray.get(controller.request_scale.remote(replicas), timeout=30)
-        deadline, answer = time.time() + SCALE_TIMEOUT_S, None
-        while answer is None:
-            if time.time() > deadline:
-                raise UserError(f"job {name} did not answer the scale request within "
-                                f"{SCALE_TIMEOUT_S:g} s")
-            time.sleep(0.2)  # the driver looks at its controller about once a second
-            answer = ray.get(controller.scale_answer.remote(request), timeout=30)
+        yield name, ray.get_actor(name, namespace=NAMESPACE)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         raise UserError(f"job {target} ended before it answered") from None
     finally:
         if started:
             ray.shutdown()
-    if not answer["ok"]:
-        raise UserError(f"job {name}: cannot scale to {replicas} replicas: {answer['message']}")
-    print(f"job {name}: {answer['message']}", file=out)
 
 
 def job_name(target: str) -> str:

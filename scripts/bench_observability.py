@@ -97,7 +97,7 @@ def main() -> int:
     args = parser.parse_args()
     config = TrainConfig(model=args.model, dataset=args.dataset, replicas=args.replicas,
                          shards=args.shards, epochs=args.epochs, eval_every=0.0)
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     micro = push_cost(args.micro_size, args.micro_pushes)
     print(f"one shard in-process: a push of {micro['size']} floats (adam) takes "
           f"{1e6 * micro['push_s']:.0f} us; recording adds {1e6 * micro['extra_push_latency_s']:.1f} us "

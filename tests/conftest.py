@@ -18,7 +18,7 @@ def ray_session():
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
     # A known Prometheus port, and metrics shipped every second (Ray's default is slower), so a
     # test can scrape a running job's metrics.
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": env}, _metrics_export_port=free_port(),
              _system_config={"metrics_report_interval_ms": 1000})
     yield ray

@@ -30,10 +30,15 @@ def connect(address: str):
     from ps.cluster import check_reachable
 
     check_reachable(f"{url.hostname}:{url.port or (443 if url.scheme == 'https' else 80)}")
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise UserError(f"address {address}: the cluster refused the token; use the head's token "
+                        "(its ~/.ray/auth_token) in ~/.ray/auth_token or RAY_AUTH_TOKEN, with "
+                        "RAY_AUTH_MODE=token") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"address {address}: the dashboard refused the connection ({_first_line(exc)}); "
                         "for a token-authenticated cluster set RAY_AUTH_MODE=token and put the "

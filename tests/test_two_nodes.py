@@ -127,6 +127,14 @@ def test_submit_places_roles_on_their_nodes_then_status_logs_scale_stop(cluster,
     assert "no job" in downpour("status", "downpour-nothing", "--address", cluster, check=False).stderr
 
 
+def test_a_wrong_token_is_a_clear_error(cluster):
+    result = subprocess.run([str(BIN / "downpour"), "status", "downpour-x", "--address", cluster],
+                            env={**env(), "RAY_AUTH_TOKEN": "not-the-token"}, capture_output=True,
+                            text=True, timeout=WAIT_S)
+    assert result.returncode == 2 and "refused the token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_unreachable_dashboard_fails_fast():
     started = time.time()
     result = downpour("status", "x", "--address", f"http://127.0.0.1:{free_port()}", check=False)

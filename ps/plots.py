@@ -102,6 +102,13 @@ def save(fig, path) -> Path:
     return path
 
 
+def save_empty(fig, axes, text: str, path) -> Path:
+    """A figure whose panels all say there is nothing to draw, instead of empty frames."""
+    for ax in axes:
+        say_no_data(ax, text)
+    return save(fig, path)
+
+
 def say_no_data(ax, text: str) -> None:
     ax.set_axis_off()
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=13, transform=ax.transAxes)
@@ -186,9 +193,7 @@ def evaluations_png(records: Iterable[dict], path) -> Path:
     start, span = run_clock(records)
     fig, (by_time, by_updates) = new_figure("test accuracy and loss")
     if not evals:
-        for ax in (by_time, by_updates):
-            say_no_data(ax, "no evaluations in this run")
-        return save(fig, path)
+        return save_empty(fig, (by_time, by_updates), "no evaluations in this run", path)
     times = [e["t"] - start for e in evals]
     updates = [sum(e["versions"]) for e in evals]
     accuracy_and_loss(by_time, times, evals)
@@ -225,9 +230,7 @@ def spread_png(records: Iterable[dict], path) -> Path:
     start, span = run_clock(records)
     fig, (hist, over_time) = new_figure("fetch version spread (max - min shard version in one fetch)")
     if not fetches:
-        for ax in (hist, over_time):
-            say_no_data(ax, "no fetches in this run")
-        return save(fig, path)
+        return save_empty(fig, (hist, over_time), "no fetches in this run", path)
     spreads = np.array([f["spread"] for f in fetches])
     hist.bar(np.arange(spreads.max() + 1), np.bincount(spreads), width=0.8, color="tab:purple")
     hist.set_xlabel("spread (versions)")
@@ -266,9 +269,7 @@ def throughput_png(records: Iterable[dict], path, per_push: Optional[int] = None
     fig, (over_time, overall) = new_figure("replica throughput")
     by_replica = push_times(records, "replica", shard=0)
     if not by_replica:
-        for ax in (over_time, overall):
-            say_no_data(ax, "no pushes to shard 0 in this run")
-        return save(fig, path)
+        return save_empty(fig, (over_time, overall), "no pushes to shard 0 in this run", path)
     edges = time_edges(span)
     for replica, times in by_replica.items():
         over_time.stairs(rate_per_bin(np.asarray(times) - start, edges, per_push or 1), edges,
@@ -317,9 +318,7 @@ def shards_png(records: Iterable[dict], path) -> Path:
     start, span = run_clock(records)
     fig, (rate, version) = new_figure("parameter-server shards")
     if not pushes:
-        for ax in (rate, version):
-            say_no_data(ax, "no pushes in this run")
-        return save(fig, path)
+        return save_empty(fig, (rate, version), "no pushes in this run", path)
     edges = time_edges(span)
     for shard, times in push_times(records, "shard").items():
         rate.stairs(rate_per_bin(np.asarray(times) - start, edges), edges, label=f"shard {shard}")

@@ -390,12 +390,14 @@ def rescale_plan(active: list[int], steps_left: int, n: int, next_id: int) -> "R
     return RescalePlan(keep, drop, new, -(-steps_left // n))
 
 
-def _sigterm_as_interrupt() -> None:
+def _sigterm_as_interrupt():
     """`ray job stop` and other supervisors send SIGTERM: end the run as Ctrl-C does, with a final
     evaluation and a summary. Installed after ray.init, over Ray's own handler; only a program's
-    main thread may set handlers (a job run from a thread keeps the default)."""
+    main thread may set handlers (a job run from a thread keeps the default). Returns the handler
+    it replaced, for `train` to put back (a notebook outlives its runs), or None."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        return signal.signal(signal.SIGTERM, _interrupt)
+    return None
 
 
 def _node_ids(actors: list) -> list[str]:
@@ -441,11 +443,11 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     prepared = prepare(c)
     c = prepared.config
     path = rundir.create(c.run_dir, f"{c.model}-r{c.replicas}s{c.shards}")
-    started = False
+    started, previous_sigterm = False, None
     try:
         try:
             started = cluster.connect(c.address, c.metrics_port)
-            _sigterm_as_interrupt()
+            previous_sigterm = _sigterm_as_interrupt()
             placement = cluster.plan_resources(c, ray.cluster_resources(), cluster.live_nodes())
         except UserError:
             rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
@@ -458,6 +460,8 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
                   file=out)
         summary = TrainingJob(prepared, placement, path, out).run()
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if started:
             ray.shutdown()
     if summary["error"]:

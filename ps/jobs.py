@@ -86,7 +86,7 @@ def submit(address: str, train_flags: dict, config, working_dir: Optional[str],
     return job_id
 
 
-def status(address: str, job_id: str, out: TextIO) -> str:
+def status(address: str, job_id: str, out: TextIO) -> None:
     info = _job_info(connect(address), job_id, address)
     print(f"job {job_id}: {info.status}", file=out)
     if info.message:
@@ -95,7 +95,6 @@ def status(address: str, job_id: str, out: TextIO) -> str:
     if run_dir:
         print(f"  run directory (on the head node): {run_dir}", file=out)
     print(f"  entrypoint: {info.entrypoint}", file=out)
-    return str(info.status)
 
 
 def logs(address: str, job_id: str, follow: bool, out: TextIO) -> None:

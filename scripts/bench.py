@@ -10,7 +10,6 @@ shared machines; the ratios, measured side by side in one run, are what to compa
 """
 
 import argparse
-import dataclasses
 import io
 import json
 import os

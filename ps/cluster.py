@@ -15,6 +15,18 @@ from ps.errors import UserError
 from ps.resources import check_fits, parse_resources
 
 
+# Objects up to this size travel inside the actor call instead of through the object store: shard
+# pieces of 100K-250K floats then skip the raylet, which doubled calls per second on a 2-core
+# machine; from about 1 MiB on, the object store is faster (docs/benchmarks.md).
+INLINE_OBJECT_BYTES = 1 << 20
+
+
+def system_config() -> dict:
+    """Ray settings for a Ray this process starts; a `ray start` cluster takes the same with
+    `--system-config` (README, "Running on a cluster")."""
+    return {"max_direct_call_object_size": INLINE_OBJECT_BYTES}
+
+
 def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
     """Joins `address` or starts a local Ray; returns True when this call started Ray (so the job
     shuts it down). An already-initialised Ray (tests, notebooks) is reused as it is."""
@@ -27,7 +39,8 @@ def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
         ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True,
                  include_dashboard=False if not address else None,
                  runtime_env=None if address else local_runtime_env(),
-                 _metrics_export_port=None if address else metrics_port)
+                 _metrics_export_port=None if address else metrics_port,
+                 _system_config=None if address else system_config())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address, "
                         "that `ray status` works there, and for a `ray start` cluster "

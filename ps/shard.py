@@ -25,6 +25,14 @@ class PushResult(NamedTuple):
     reason: Optional[str] = None
 
 
+class Exchanged(NamedTuple):
+    """What `push_pull` returns: the shard's state after the push, as `pull` gives it, and the
+    push's own result."""
+    version: int
+    values: np.ndarray
+    push: PushResult
+
+
 class ParameterShard:
     def __init__(self, shard_id: int, initial: np.ndarray, optimizer: OptimizerSpec, lr: float,
                  lr_rule: "str | Rule", lr_schedule: str = "constant", planned_updates: int = 1,
@@ -76,6 +84,12 @@ class ParameterShard:
         if self.metrics:
             self.metrics.accepted(tau)
         return PushResult(True, tau, scale)
+
+    def push_pull(self, grad: np.ndarray, fetched_version: int, replica_id: int) -> Exchanged:
+        """`push`, then `pull`, in one call: a replica that pushes and fetches at the same step
+        pays one round trip per shard instead of two."""
+        result = self.push(grad, fetched_version, replica_id)
+        return Exchanged(self.version, self.optimizer.values, result)
 
     def _check(self, grad, fetched_version) -> tuple[Optional[str], float]:
         """(reason to reject or None, gradient L2 norm). Cheap: one dot product on the good path."""

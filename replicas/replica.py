@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ps import events
 from ps.config import TrainConfig
+from ps.shard import Exchanged
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
 from replicas.models import build_model
@@ -82,8 +83,9 @@ class ModelReplica:
             self._compute(next(batches), local_step=self.c.n_fetch > 1)
             fetch = scheduled.take() if scheduled else None
             if (step + 1) % self.c.n_push == 0 or step + 1 >= self.total_steps:
-                self._push(pushed_from)
-                pushed_from = None
+                # A fetch due now goes with the push, as its reply, so it includes our own update.
+                exchanged = self._push(pushed_from, and_pull=fetch_next and fetch is None)
+                fetch, pushed_from = fetch or exchanged, None
             if fetch_next and fetch is None:
                 fetch = self._start_fetch()  # after our own push, so it includes it
             self.step = step = step + 1
@@ -129,7 +131,7 @@ class ModelReplica:
             if not ready:
                 raise TimeoutError(f"replica {self.id}: no reply from a shard in {self.c.timeout_s:g} s")
             shard = index[ready[0]]
-            versions[shard], values = ray.get(ready[0])
+            versions[shard], values = ray.get(ready[0])[:2]  # a pull's or a push_pull's reply
             self.plan.assemble_shard(shard, values, host)
             arrivals.append(time.time())
         self.flat.upload()
@@ -154,21 +156,26 @@ class ModelReplica:
         self._last_compute_s = time.time() - t0
         self.timers["compute"] += self._last_compute_s
 
-    def _push(self, versions: list[int]) -> None:
+    def _push(self, versions: list[int], and_pull: bool) -> Optional[tuple[list, float]]:
         """Sends each shard its slice of the accumulated gradient and returns without waiting,
-        unless max_inflight rounds are already unacknowledged."""
+        unless max_inflight rounds are already unacknowledged. With `and_pull` the shards reply
+        with their parameters after the push: returns that fetch, for `_install`."""
         pieces = self.plan.split(self.flat.host_grads(self.acc))
+        t_issued = time.time()
         # .remote() serialises each piece now, so the gradient buffer can be reused at once.
-        self._inflight.append([shard.push.remote(piece, versions[s], self.id)
-                               for s, (shard, piece) in enumerate(zip(self.shards, pieces))])
+        refs = [(shard.push_pull if and_pull else shard.push).remote(piece, versions[s], self.id)
+                for s, (shard, piece) in enumerate(zip(self.shards, pieces))]
+        self._inflight.append(refs)
         if self.acc is not self.flat.grads:
             self.acc.zero_()
         while len(self._inflight) > self.c.max_inflight:
             self._settle_oldest_push()
+        return (refs, t_issued) if and_pull else None
 
     def _settle_oldest_push(self) -> None:
         t0 = time.time()
-        results = ray.get(self._inflight.popleft(), timeout=self.c.timeout_s)
+        replies = ray.get(self._inflight.popleft(), timeout=self.c.timeout_s)
+        results = [r.push if isinstance(r, Exchanged) else r for r in replies]
         self.counts["pushes"] += len(results)
         self.counts["rejected"] += sum(not r.accepted for r in results)
         self.timers["push_wait"] += time.time() - t0

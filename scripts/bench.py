@@ -28,6 +28,7 @@ import baselines  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from ps.cluster import system_config  # noqa: E402
 from ps.config import TrainConfig  # noqa: E402
 from replicas.data import load_dataset  # noqa: E402
 
@@ -123,7 +124,8 @@ def main() -> int:
     reps, steps = (1, 100) if args.quick else (args.reps, args.steps)
     dataset = load_dataset("fashion-mnist", None, 0)
     dataset_dir = os.environ.get("DOWNPOUR_DATA")
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING",
+             _system_config=system_config())
     models = args.models.split(",")
     results = {model: measure(model, reps, steps, dataset, dataset_dir) for model in models}
     ray.shutdown()

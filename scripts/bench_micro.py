@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
+from ps.cluster import system_config  # noqa: E402
 from ps.optimizers import parse_optimizer  # noqa: E402
 from ps.shard import ParameterShard  # noqa: E402
 
@@ -66,7 +67,8 @@ def main() -> int:
     parser.add_argument("--pushes", type=int, default=1000)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING",
+             _system_config=system_config())
     rows = []
     for n in SIZES:
         shard = new_shard(n)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
+from ps.cluster import system_config  # noqa: E402
 from ps.config import TrainConfig  # noqa: E402
 from ps.job import train  # noqa: E402
 
@@ -97,7 +98,8 @@ def main() -> int:
     args = parser.parse_args()
     config = TrainConfig(model=args.model, dataset=args.dataset, replicas=args.replicas,
                          shards=args.shards, epochs=args.epochs, eval_every=0.0)
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING",
+             _system_config=system_config())
     micro = push_cost(args.micro_size, args.micro_pushes)
     print(f"one shard in-process: a push of {micro['size']} floats (adam) takes "
           f"{1e6 * micro['push_s']:.0f} us; recording adds {1e6 * micro['extra_push_latency_s']:.1f} us "

@@ -13,14 +13,16 @@ SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "
 def ray_session():
     import ray
 
+    from ps.cluster import system_config
+
     # Workers import the test plug-ins (tests/failing_plugins.py) the way a user's would be found.
     tests_dir = str(Path(__file__).resolve().parent)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
-    # A known Prometheus port, and metrics shipped every second (Ray's default is slower), so a
+    # The transport settings of the Ray a job starts; a known Prometheus port, and metrics shipped every second (Ray's default is slower), so a
     # test can scrape a running job's metrics.
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": env}, _metrics_export_port=free_port(),
-             _system_config={"metrics_report_interval_ms": 1000})
+             _system_config={**system_config(), "metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
 

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.ray
 TORCH_OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
     "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.05),
-    "adam": lambda p: torch.optim.Adam(p, lr=0.05),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.05, fused=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.05, fused=True),
 }
 STEPS, BATCH, SEED = 6, 32, 3
 

@@ -37,8 +37,8 @@ def test_k_pushes_of_a_fixed_gradient_leave_w0_minus_k_lr_g():
 TORCH_OPTIMIZERS = {
     "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr),
     "momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
-    "adagrad": lambda p, lr: torch.optim.Adagrad(p, lr=lr),
-    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
+    "adagrad": lambda p, lr: torch.optim.Adagrad(p, lr=lr, fused=True),
+    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr, fused=True),
 }
 
 

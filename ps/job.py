@@ -363,7 +363,7 @@ class TrainingJob:
             "fetches": {"count": int(spreads.size),
                         "mixed_versions": int((spreads > 0).sum()),
                         "max_spread": int(spreads.max()) if spreads.size else None},
-            "evaluations": [{k: e[k] for k in ("epochs", "accuracy", "loss", "versions")}
+            "evaluations": [{k: e[k] for k in ("epochs", "accuracy", "loss", "versions", "pulled_at")}
                             for e in self.evals],
             "replica_stats": results,
         }

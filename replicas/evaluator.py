@@ -5,6 +5,7 @@ driver, yet `save` can write model.pt into the run directory there.
 """
 
 import math
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ class Evaluator:
 
     def evaluate(self, max_samples: Optional[int] = None) -> dict:
         """Blocks for one pull from every shard and a pass over (up to max_samples of) the test set."""
-        versions = self._pull()
+        versions, pulled_at = self._pull(), time.time()
         n = len(self.labels) if max_samples is None else min(max_samples, len(self.labels))
         correct, loss_sum = 0, 0.0
         self.model.eval()
@@ -45,7 +46,7 @@ class Evaluator:
                 correct += (logits.argmax(1) == y).sum().item()
         loss = loss_sum / n
         return {"accuracy": correct / n, "loss": loss if math.isfinite(loss) else None,
-                "versions": versions, "test_samples": n}
+                "versions": versions, "test_samples": n, "pulled_at": pulled_at}
 
     def _pull(self) -> list[int]:
         replies = ray.get([s.pull.remote() for s in self.shards], timeout=self.timeout_s)

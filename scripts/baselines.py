@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -30,6 +31,11 @@ def batches_of(dataset, parts: int, part: int, batch_size: int, seed: int = 0):
         epoch += 1
 
 
+def adam(params):
+    """The optimizer of every system here, fused as downpour's shards run it (the fastest on CPU)."""
+    return torch.optim.Adam(params, lr=0.003, fused=True)
+
+
 def train_step(model, optimizer, x, y) -> None:
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
@@ -39,7 +45,7 @@ def train_step(model, optimizer, x, y) -> None:
 def single_process(dataset, model_name: str, batch_size: int, steps: int, threads: int) -> float:
     torch.set_num_threads(threads)
     model = build_model(model_name, 0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    optimizer = adam(model.parameters())
     batches = batches_of(dataset, 1, 0, batch_size)
     for _ in range(WARMUP_STEPS):
         train_step(model, optimizer, *next(batches))
@@ -47,6 +53,72 @@ def single_process(dataset, model_name: str, batch_size: int, steps: int, thread
     for _ in range(steps):
         train_step(model, optimizer, *next(batches))
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def quiet_read_only_warning() -> None:
+    """Arrays from Ray's object store are read-only; these actors only read them, as Ray's example does."""
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def time_to_accuracy(dataset, model_name: str, batch_size: int, threads: int, target: float,
+                     max_epochs: float, eval_every: float) -> dict:
+    """Single-process training until the test accuracy reaches `target`, evaluated every
+    `eval_every` epochs on the whole test set with the clock paused: seconds of training."""
+    torch.set_num_threads(threads)
+    model = build_model(model_name, 0)
+    optimizer = adam(model.parameters())
+    batches = batches_of(dataset, 1, 0, batch_size)
+    steps_per_epoch = len(dataset.train_labels) // batch_size
+    every = max(1, int(eval_every * steps_per_epoch))
+    trained, accuracy, step = 0.0, 0.0, 0
+    while step < max_epochs * steps_per_epoch:
+        start = time.perf_counter()
+        for _ in range(every):
+            train_step(model, optimizer, *next(batches))
+        trained += time.perf_counter() - start
+        step += every
+        accuracy = test_accuracy(model, dataset)
+        if accuracy >= target:
+            return {"seconds": trained, "epochs": step / steps_per_epoch, "accuracy": accuracy}
+    return {"seconds": None, "epochs": step / steps_per_epoch, "accuracy": accuracy}
+
+
+def test_accuracy(model, dataset) -> float:
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(normalise(dataset.test_images))
+        correct = sum((model(xb).argmax(1) == yb).sum().item()
+                      for xb, yb in zip(x.split(1000), torch.from_numpy(dataset.test_labels).split(1000)))
+    model.train()
+    return correct / len(dataset.test_labels)
+
+
+# ---- N single-thread processes at once: what two independent workers get from this machine ----
+
+def concurrent_single(dataset, model_name: str, batch_size: int, steps: int, processes: int) -> float:
+    """The sum of the rates of `processes` single-thread trainings started together, each on its
+    own part; no communication. The ceiling of any N-worker data-parallel scheme here."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, result = ctx.Barrier(processes), ctx.SimpleQueue()
+    mp.spawn(_single_worker, args=(processes, barrier, dataset, model_name, batch_size, steps, result),
+             nprocs=processes, join=True)
+    return sum(result.get() for _ in range(processes))
+
+
+def _single_worker(rank, world, barrier, dataset, model_name, batch_size, steps, result) -> None:
+    torch.set_num_threads(1)
+    model = build_model(model_name, 0)
+    optimizer = adam(model.parameters())
+    batches = batches_of(dataset, world, rank, batch_size)
+    for _ in range(WARMUP_STEPS):
+        train_step(model, optimizer, *next(batches))
+    barrier.wait()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, optimizer, *next(batches))
+    result.put(steps * batch_size / (time.perf_counter() - start))
 
 
 # ---- DDP over gloo ---------------------------------------------------------------------------
@@ -70,7 +142,7 @@ def _ddp_worker(rank, world, port, dataset, model_name, batch_size, steps, resul
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model = DistributedDataParallel(build_model(model_name, 0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    optimizer = adam(model.parameters())
     batches = batches_of(dataset, world, rank, batch_size)
     for _ in range(WARMUP_STEPS):
         train_step(model, optimizer, *next(batches))
@@ -98,7 +170,8 @@ class ParameterServer:
     def __init__(self, model_name: str):
         torch.set_num_threads(1)
         self.model = build_model(model_name, 0)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.003)
+        self.optimizer = adam(self.model.parameters())
+        quiet_read_only_warning()
 
     def apply_gradients(self, *gradients):
         self.optimizer.zero_grad()
@@ -119,6 +192,7 @@ class DataWorker:
         torch.set_num_threads(1)
         self.model = build_model(model_name, 0)
         self.batches = batches_of(dataset, parts, part, batch_size)
+        quiet_read_only_warning()
 
     def compute_gradients(self, weights):
         with torch.no_grad():

@@ -61,6 +61,25 @@ def new_shard(n: int):
     return cls.remote(0, np.zeros(n, np.float32), parse_optimizer("sgd"), 1e-3, "constant")
 
 
+def measure(reps: int, pushes: int) -> dict:
+    """Both micro-benchmarks on the running Ray; prints each row as it is measured."""
+    rows = []
+    for n in SIZES:
+        shard = new_shard(n)
+        ray.get(shard.pull.remote())  # started and warm
+        rpc, copy = round_trip_bytes_per_s(shard, n, reps), memcpy_bytes_per_s(n, reps)
+        rows.append({"floats": n, "pull_push_GBps": rpc / 1e9, "memcpy_GBps": copy / 1e9,
+                     "ratio": rpc / copy})
+        print(f"{n:>10} floats: pull+push {rpc / 1e9:7.3f} GB/s, memcpy {copy / 1e9:7.3f} GB/s, "
+              f"ratio {rpc / copy:.3f}", flush=True)
+        ray.kill(shard)
+    shard = new_shard(100_000)
+    rate = pushes_per_s(shard, 100_000, pushes)
+    ray.kill(shard)
+    print(f"one shard applies {rate:.0f} pushes/s of 100K floats (sgd)", flush=True)
+    return {"bandwidth": rows, "pushes_per_s_100k": rate}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -69,22 +88,10 @@ def main() -> int:
     args = parser.parse_args()
     ray.init(address="local", include_dashboard=False, logging_level="WARNING",
              _system_config=system_config())
-    rows = []
-    for n in SIZES:
-        shard = new_shard(n)
-        ray.get(shard.pull.remote())  # started and warm
-        rpc, copy = round_trip_bytes_per_s(shard, n, args.reps), memcpy_bytes_per_s(n, args.reps)
-        rows.append({"floats": n, "pull_push_GBps": rpc / 1e9, "memcpy_GBps": copy / 1e9,
-                     "ratio": rpc / copy})
-        print(f"{n:>10} floats: pull+push {rpc / 1e9:7.3f} GB/s, memcpy {copy / 1e9:7.3f} GB/s, "
-              f"ratio {rpc / copy:.3f}", flush=True)
-        ray.kill(shard)
-    shard = new_shard(100_000)
-    rate = pushes_per_s(shard, 100_000, args.pushes)
-    print(f"one shard applies {rate:.0f} pushes/s of 100K floats (sgd)")
+    result = measure(args.reps, args.pushes)
     ray.shutdown()
     if args.json:
-        Path(args.json).write_text(json.dumps({"bandwidth": rows, "pushes_per_s_100k": rate}, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 

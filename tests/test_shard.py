@@ -93,6 +93,24 @@ def test_a_rejected_push_leaves_parameters_bitwise_unchanged(reason):
     assert (last["accepted"], last["replica"], last["reason"]) == (False, 3, result.reason)
 
 
+def test_push_pull_replies_with_the_state_after_its_push():
+    shard, twin = make_shard(), make_shard()
+    g = np.ones(SIZE, np.float32)
+    reply = shard.push_pull(g, 0, replica_id=0)
+    expected = twin.push(g, 0, replica_id=0)
+    assert reply.push == expected
+    assert reply.version == twin.version == 1
+    np.testing.assert_array_equal(reply.values, twin.pull()[1])
+
+
+def test_a_rejected_push_pull_replies_with_the_unchanged_parameters():
+    shard = make_shard()
+    version, before = snapshot(shard)
+    reply = shard.push_pull(np.full(SIZE, np.nan, np.float32), 0, replica_id=0)
+    assert not reply.push.accepted and reply.push.reason.startswith("nonfinite")
+    assert reply.version == version and reply.values.tobytes() == before.tobytes()
+
+
 def test_one_inf_among_finite_values_is_rejected():
     shard = make_shard()
     grad = np.zeros(SIZE, np.float32)

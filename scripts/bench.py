@@ -185,7 +185,8 @@ def write_markdown(path: Path, report: dict) -> None:
             rate = r["samples_per_s"]
             per_step = (f"{r['compute_ms']['median']:.2f} | {r['overhead_ms']['median']:.2f}"
                         if "compute_ms" in r else "|")
-            lines.append(f"| {name} | {rate['median']:.0f} | {rate['min']:.0f} to {rate['max']:.0f} | {per_step} |")
+            span = f"{rate['min']:.0f} to {rate['max']:.0f}"
+            lines.append(f"| {name} | {rate['median']:.0f} | {span} | {per_step} |")
         lines += ["", "| ratio | measured | target |", "| --- | --- | --- |"]
         lines += [f"| {what} | {value:.2f} | {target} |" for what, value, target in report["ratios"][model]]
         lines.append("")

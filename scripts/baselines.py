@@ -77,13 +77,13 @@ def time_to_accuracy(dataset, model_name: str, batch_size: int, threads: int, ta
             train_step(model, optimizer, *next(batches))
         trained += time.perf_counter() - start
         step += every
-        accuracy = test_accuracy(model, dataset)
+        accuracy = accuracy_on_test_set(model, dataset)
         if accuracy >= target:
             return {"seconds": trained, "epochs": step / steps_per_epoch, "accuracy": accuracy}
     return {"seconds": None, "epochs": step / steps_per_epoch, "accuracy": accuracy}
 
 
-def test_accuracy(model, dataset) -> float:
+def accuracy_on_test_set(model, dataset) -> float:
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy(normalise(dataset.test_images))

@@ -64,7 +64,9 @@ def test_the_markdown_report_holds_every_measured_row(tmp_path):
               "scaling_steps": 2000, "scaling": [{"replicas": r, "shards": s, "samples_per_s": 10.0 * r + s}
                           for r in bench.SCALING_REPLICAS for s in bench.SCALING_SHARDS],
               "micro": {"bandwidth": [{"floats": 1000, "pull_push_GBps": 0.01, "memcpy_GBps": 5.0,
-                                       "ratio": 0.002}], "pushes_per_s_100k": 640.0}}
+                                       "ratio": 0.002}], "pushes_per_s_100k": 640.0,
+                        "pushes_per_s_100k_from_actors": {"2": 700.0},
+                        "call_cost": {"empty": {"wall_ms": 2.0, "caller_cpu_ms": 0.9, "actor_cpu_ms": 0.8}}}}
     bench.write_markdown(tmp_path / "b.md", report)
     text = (tmp_path / "b.md").read_text()
     sections = {part.split(",")[0]: part for part in text.split("\n## ")[1:]}
@@ -76,3 +78,4 @@ def test_the_markdown_report_holds_every_measured_row(tmp_path):
     assert "| downpour 4x2, inverse | not reached | 3.00 | 0.8900 | - |  |" in text
     assert "| 8 | 81 | 82 | 84 |" in text
     assert "| 1,000 | 0.010 | 5.00 | 0.002 |" in text and "**640 per second**" in text
+    assert "700 from 2 actors at once" in text and "| empty | 2.00 | 0.90 | 0.80 |" in text

@@ -218,15 +218,18 @@ class TrainingJob:
         return (len(self.p.dataset.train_labels) // self.c.replicas // self.c.batch_size) * self.c.replicas
 
     @property
+    def _steps_per_replica(self) -> int:
+        """Steps each replica does in the job as started (before any scaling)."""
+        return self.c.steps or self.c.epochs * (self._steps_per_epoch // self.c.replicas)
+
+    @property
     def _budget(self) -> int:
         """Steps of all replicas together that the run does, however it is scaled."""
-        per_replica = self.c.steps or self.c.epochs * (self._steps_per_epoch // self.c.replicas)
-        return per_replica * self.c.replicas
+        return self._steps_per_replica * self.c.replicas
 
     def _planned_updates(self) -> int:
         """Pushes each shard will receive: what a schedule measures its progress against."""
-        steps = self.c.steps or self.c.epochs * (self._steps_per_epoch // self.c.replicas)
-        return -(-steps // self.c.n_push) * self.c.replicas
+        return -(-self._steps_per_replica // self.c.n_push) * self.c.replicas
 
     def _planned_epochs(self) -> float:
         if self.c.steps:

@@ -1,4 +1,4 @@
-"""`downpour submit | status | logs | stop`: training jobs through Ray's Job Submission API.
+"""`downpour submit | status | logs | scale | stop`: training jobs through Ray's Job Submission API.
 
 The job's entrypoint is `downpour train ... --address auto`, run by Ray on the head node with the
 downpour installed there (the cluster's image or environment): the cluster runs the version its
@@ -19,6 +19,8 @@ from ps.errors import UserError
 
 JOB_PREFIX = "downpour-"
 RUNS_ON_CLUSTER = "~/downpour-runs"
+HEAD_COMMAND_TIMEOUT_S = 120.0  # a scale or stop request: the driver answers within about a second
+STOP_TIMEOUT_S = 300.0  # a stopped job still evaluates and saves model.pt
 
 
 def connect(address: str):
@@ -126,14 +128,21 @@ def stop(address: str, target: str, out: TextIO) -> None:
         print(f"job {target} is already {info.status}", file=out)
         return
     _run_on_head(client, ["downpour", "stop", target, "--address", "auto"], out)
-    deadline = time.time() + STOP_TIMEOUT_S
-    while not client.get_job_status(target).is_terminal():
-        if time.time() > deadline:
-            client.stop_job(target)
-            print(f"job {target} did not end within {STOP_TIMEOUT_S:g} s: Ray stops it", file=out)
-            return
-        time.sleep(0.5)  # the job evaluates and saves before it ends
+    if not _ended_within(client, target, STOP_TIMEOUT_S):  # it evaluates and saves before it ends
+        client.stop_job(target)
+        print(f"job {target} did not end within {STOP_TIMEOUT_S:g} s: Ray stops it", file=out)
+        return
     print(f"job {target}: {client.get_job_status(target)}", file=out)
+
+
+def _ended_within(client, job_id: str, timeout_s: float) -> bool:
+    """Waits for a cluster job to end; False if it is still running after timeout_s."""
+    deadline = time.time() + timeout_s
+    while not client.get_job_status(job_id).is_terminal():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.5)  # Ray's job API has no wait: poll its status
+    return True
 
 
 def _stop_through_ray(address: str, target: str, out: TextIO) -> None:
@@ -161,10 +170,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 
-HEAD_COMMAND_TIMEOUT_S = 120.0  # a scale or stop request: the driver answers within about a second
-STOP_TIMEOUT_S = 300.0  # a stopped job still evaluates and saves model.pt
-
-
 def scale(address: str, target: str, replicas: int, out: TextIO) -> None:
     """Changes the number of replicas of a running job. Through the dashboard (http://...) it runs
     this same command on the head node as a small job of its own, where the job's controller is
@@ -186,13 +191,10 @@ def _run_on_head(client, argv: list[str], out: TextIO) -> None:
     """Runs a downpour command as a small job on the head node, where the cluster's named actors
     are reachable, and prints its output; its failure becomes ours."""
     job_id = client.submit_job(entrypoint=shlex.join(argv))
-    deadline = time.time() + HEAD_COMMAND_TIMEOUT_S
-    while not client.get_job_status(job_id).is_terminal():
-        if time.time() > deadline:
-            client.stop_job(job_id)
-            raise UserError(f"`{shlex.join(argv[:2])}` got no answer on the head within "
-                            f"{HEAD_COMMAND_TIMEOUT_S:g} s")
-        time.sleep(0.5)  # waiting on the cluster's job, which waits on the job's controller
+    if not _ended_within(client, job_id, HEAD_COMMAND_TIMEOUT_S):  # it waits on the controller
+        client.stop_job(job_id)
+        raise UserError(f"`{shlex.join(argv[:2])}` got no answer on the head within "
+                        f"{HEAD_COMMAND_TIMEOUT_S:g} s")
     text = client.get_job_logs(job_id).strip()
     if str(client.get_job_status(job_id)) != "SUCCEEDED":
         raise UserError(text.splitlines()[-1].removeprefix("downpour: error: ") if text

@@ -89,7 +89,7 @@ class ParameterShard:
         """`push`, then `pull`, in one call: a replica that pushes and fetches at the same step
         pays one round trip per shard instead of two."""
         result = self.push(grad, fetched_version, replica_id)
-        return Exchanged(self.version, self.optimizer.values, result)
+        return Exchanged(*self.pull(), result)
 
     def _check(self, grad, fetched_version) -> tuple[Optional[str], float]:
         """(reason to reject or None, gradient L2 norm). Cheap: one dot product on the good path."""

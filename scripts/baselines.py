@@ -42,16 +42,23 @@ def train_step(model, optimizer, x, y) -> None:
     optimizer.step()
 
 
-def single_process(dataset, model_name: str, batch_size: int, steps: int, threads: int) -> float:
+def train_steps(model, optimizer, batches, steps: int) -> None:
+    for _ in range(steps):
+        train_step(model, optimizer, *next(batches))
+
+
+def single_process(dataset, model_name: str, batch_size: int, steps: int, threads: int,
+                   parts: int = 1, part: int = 0, before_clock=lambda: None) -> float:
+    """One training process on part `part` of `parts`; `before_clock` runs after the warm-up
+    (a barrier, where several start together)."""
     torch.set_num_threads(threads)
     model = build_model(model_name, 0)
     optimizer = adam(model.parameters())
-    batches = batches_of(dataset, 1, 0, batch_size)
-    for _ in range(WARMUP_STEPS):
-        train_step(model, optimizer, *next(batches))
+    batches = batches_of(dataset, parts, part, batch_size)
+    train_steps(model, optimizer, batches, WARMUP_STEPS)
+    before_clock()
     start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, *next(batches))
+    train_steps(model, optimizer, batches, steps)
     return steps * batch_size / (time.perf_counter() - start)
 
 
@@ -73,8 +80,7 @@ def time_to_accuracy(dataset, model_name: str, batch_size: int, threads: int, ta
     trained, accuracy, step = 0.0, 0.0, 0
     while step < max_epochs * steps_per_epoch:
         start = time.perf_counter()
-        for _ in range(every):
-            train_step(model, optimizer, *next(batches))
+        train_steps(model, optimizer, batches, every)
         trained += time.perf_counter() - start
         step += every
         accuracy = accuracy_on_test_set(model, dataset)
@@ -108,17 +114,7 @@ def concurrent_single(dataset, model_name: str, batch_size: int, steps: int, pro
 
 
 def _single_worker(rank, world, barrier, dataset, model_name, batch_size, steps, result) -> None:
-    torch.set_num_threads(1)
-    model = build_model(model_name, 0)
-    optimizer = adam(model.parameters())
-    batches = batches_of(dataset, world, rank, batch_size)
-    for _ in range(WARMUP_STEPS):
-        train_step(model, optimizer, *next(batches))
-    barrier.wait()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, *next(batches))
-    result.put(steps * batch_size / (time.perf_counter() - start))
+    result.put(single_process(dataset, model_name, batch_size, steps, 1, world, rank, barrier.wait))
 
 
 # ---- DDP over gloo ---------------------------------------------------------------------------
@@ -144,12 +140,10 @@ def _ddp_worker(rank, world, port, dataset, model_name, batch_size, steps, resul
     model = DistributedDataParallel(build_model(model_name, 0))
     optimizer = adam(model.parameters())
     batches = batches_of(dataset, world, rank, batch_size)
-    for _ in range(WARMUP_STEPS):
-        train_step(model, optimizer, *next(batches))
+    train_steps(model, optimizer, batches, WARMUP_STEPS)
     dist.barrier()
     start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, *next(batches))
+    train_steps(model, optimizer, batches, steps)
     dist.barrier()
     if rank == 0:
         result.put(world * steps * batch_size / (time.perf_counter() - start))

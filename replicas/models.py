@@ -5,8 +5,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ps.errors import UserError
-from ps.specs import is_plugin_path, load_plugin
+from ps.common.errors import UserError
+from ps.common.specs import is_plugin_path, load_plugin
 
 
 def mlp(num_classes: int = 10) -> nn.Module:

@@ -13,9 +13,8 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from ps import events
-from ps.config import TrainConfig
-from ps.shard import Exchanged
+from ps.common import schema
+from ps.common.protocol import PushPullReply, ReplicaSettings
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
 from replicas.models import build_model
@@ -36,7 +35,7 @@ class ModelReplica:
     """Run in an actor with max_concurrency=2: `run` trains on one thread while the job calls
     `progress` and `drain_events` on the other (both only read counters or pop a deque)."""
 
-    def __init__(self, replica_id: int, config: TrainConfig, plan: ShardPlan, shards: Sequence,
+    def __init__(self, replica_id: int, config: ReplicaSettings, plan: ShardPlan, shards: Sequence,
                  train_images: np.ndarray, train_labels: np.ndarray, threads: int,
                  part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None):
         self.id = replica_id
@@ -50,13 +49,12 @@ class ModelReplica:
         self.indices = self._partition(self.part)
         self._next_part: Optional[tuple[int, int, int]] = None  # from `reassign`, taken at a step
         self.steps_per_epoch = len(self.indices) // config.batch_size
-        self.total_steps = total_steps or config.steps or config.epochs * self.steps_per_epoch
+        self.total_steps = total_steps or config.total_steps or config.epochs * self.steps_per_epoch
         self.threads = threads
         self.device = choose_device(config.device)
         self.model = build_model(config.model, config.seed).to(self.device)
         self.flat = FlatParams(self.model, self.device)
         self.acc = torch.zeros_like(self.flat.grads) if config.n_push > 1 else self.flat.grads
-        self.local_lr = config.lr if config.local_lr is None else config.local_lr
         self._events = collections.deque()  # fetch records, popped by drain_events on the other thread
         self._inflight = collections.deque()  # one list of push refs per push round
         self.step = 0
@@ -139,7 +137,7 @@ class ModelReplica:
         if self.c.prefetch and self.step:  # the first fetch has no compute to time it against
             self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
         if self.c.event_log:
-            self._events.append(events.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
+            self._events.append(schema.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
         return versions
 
     def _compute(self, batch: np.ndarray, local_step: bool) -> None:
@@ -152,7 +150,7 @@ class ModelReplica:
             if self.acc is not self.flat.grads:
                 self.acc.add_(self.flat.grads)
             if local_step:  # Dean's client also steps its own copy between fetches
-                self.flat.values.add_(self.flat.grads, alpha=-self.local_lr)
+                self.flat.values.add_(self.flat.grads, alpha=-self.c.local_lr)
         self._last_compute_s = time.time() - t0
         self.timers["compute"] += self._last_compute_s
 
@@ -175,7 +173,7 @@ class ModelReplica:
     def _settle_oldest_push(self) -> None:
         t0 = time.time()
         replies = ray.get(self._inflight.popleft(), timeout=self.c.timeout_s)
-        results = [r.push if isinstance(r, Exchanged) else r for r in replies]
+        results = [r.push if isinstance(r, PushPullReply) else r for r in replies]
         self.counts["pushes"] += len(results)
         self.counts["rejected"] += sum(not r.accepted for r in results)
         self.timers["push_wait"] += time.time() - t0

@@ -32,8 +32,8 @@ import bench_micro  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from ps.cluster import system_config  # noqa: E402
-from ps.config import TrainConfig  # noqa: E402
+from ps.common.config import TrainConfig  # noqa: E402
+from ps.driver.ray_session import system_config  # noqa: E402
 from replicas.data import load_dataset  # noqa: E402
 
 BATCH = 32
@@ -47,7 +47,7 @@ SCALING_REPLICAS, SCALING_SHARDS, SCALING_TOTAL_STEPS = (1, 2, 4, 8), (1, 2, 4),
 # ---- downpour, through the same `train` the CLI runs ------------------------------------------
 
 def downpour_run(dataset_dir, model: str, replicas: int, shards: int, **settings) -> dict:
-    from ps.job import train
+    from ps.driver.job import train
 
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(model=model, replicas=replicas, shards=shards, batch_size=BATCH,

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from ps.cluster import system_config  # noqa: E402
-from ps.optimizers import parse_optimizer  # noqa: E402
-from ps.shard import ParameterShard  # noqa: E402
+from ps.driver.ray_session import system_config  # noqa: E402
+from ps.server.optimizers import parse_optimizer  # noqa: E402
+from ps.server.shard import ParameterShard  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 CLIENTS = (2, 4)

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
-from ps.cluster import system_config  # noqa: E402
-from ps.config import TrainConfig  # noqa: E402
-from ps.job import train  # noqa: E402
+from ps.common.config import TrainConfig  # noqa: E402
+from ps.driver.job import train  # noqa: E402
+from ps.driver.ray_session import system_config  # noqa: E402
 
 
 def one_run(config: TrainConfig, observed: bool, root: Path, index: int) -> float:
@@ -45,10 +45,11 @@ def push_cost(size: int, pushes: int) -> dict:
     Ray session: metrics need a worker."""
     import numpy as np
 
-    from ps import events
-    from ps.live import LiveStats
-    from ps.optimizers import parse_optimizer
-    from ps.shard import ParameterShard
+    from ps.common import schema
+    from ps.obs import events
+    from ps.obs.live import LiveStats
+    from ps.server.optimizers import parse_optimizer
+    from ps.server.shard import ParameterShard
 
     shards = {observed: ParameterShard(0, np.zeros(size, np.float32), parse_optimizer("adam"), 1e-3,
                                        "inverse", metrics_run="bench" if observed else None,
@@ -69,7 +70,7 @@ def push_cost(size: int, pushes: int) -> dict:
                 batch = drained if observed else batch
     with tempfile.TemporaryDirectory() as tmp:
         log = events.EventLog(Path(tmp) / "log")
-        live = LiveStats(events.header_record(0.0, 1, 1, [size], batch_size=32, n_push=1))
+        live = LiveStats(schema.header_record(0.0, 1, 1, [size], batch_size=32, n_push=1))
         start = time.perf_counter()
         log.append(batch)
         live.ingest(batch)

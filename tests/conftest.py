@@ -13,7 +13,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "
 def ray_session():
     import ray
 
-    from ps.cluster import system_config
+    from ps.driver.ray_session import system_config
 
     # Workers import the test plug-ins (tests/failing_plugins.py) the way a user's would be found.
     tests_dir = str(Path(__file__).resolve().parent)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ps.config import TrainConfig
-from ps.job import train
+from ps.common.config import TrainConfig
+from ps.driver.job import train
 
 pytestmark = pytest.mark.ray
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from ps import cluster
 from ps.cli import main
+from ps.driver import ray_session as cluster
 from replicas.models import build_model
 
 DOWNPOUR = Path(sys.executable).with_name("downpour")

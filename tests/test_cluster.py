@@ -4,9 +4,10 @@ import socket
 
 import pytest
 
-from ps.cluster import check_reachable, plan_resources
-from ps.config import TrainConfig, from_mapping
-from ps.errors import UserError
+from ps.common.config import TrainConfig, from_mapping
+from ps.common.errors import UserError
+from ps.driver.placement import plan_resources
+from ps.driver.ray_session import check_reachable
 
 
 def test_defaults_share_the_cpus_and_never_overcommit():
@@ -46,7 +47,7 @@ def test_an_address_nobody_answers_on_fails_fast():
 
 
 def test_resource_specs_parse_and_name_the_field():
-    from ps.resources import parse_resources
+    from ps.common.resources import parse_resources
 
     assert parse_resources("CPU=1, GPU=0.5,ps=2", "shard_resources") == {"CPU": 1.0, "GPU": 0.5, "ps": 2.0}
     for bad in ("CPU", "CPU=-1", "CPU=x", "=1", ",", "CPU=inf"):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from ps.config import TrainConfig, from_mapping, load_yaml
-from ps.errors import UserError
-from ps.specs import parse_spec
+from ps.common.config import TrainConfig, from_mapping, load_yaml
+from ps.common.errors import UserError
+from ps.common.specs import parse_spec
 
 
 def test_defaults_fit_the_documented_job():

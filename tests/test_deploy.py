@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
-from ps import config as cfg
 from ps.cli import build_parser
+from ps.common import config as cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

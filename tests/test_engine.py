@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ps import events
-from ps.config import TrainConfig
-from ps.job import train
-from ps.optimizers import parse_optimizer
-from ps.shard import ParameterShard
+from ps.common import schema
+from ps.common.config import TrainConfig, replica_settings
+from ps.driver.job import train
+from ps.obs import events
+from ps.server.optimizers import parse_optimizer
+from ps.server.shard import ParameterShard
 from replicas.data import epoch_batches, normalise, partition, synthetic
 from replicas.models import build_model, named_shapes
 from replicas.replica import ModelReplica
@@ -53,7 +54,7 @@ def test_one_replica_one_shard_at_tau_zero_matches_torch_optim(ray_session, opti
     shard = ray_session.remote(ParameterShard).options(num_cpus=0).remote(
         0, initial, parse_optimizer(optimizer), 0.05, "inverse")
     replica = ray_session.remote(ModelReplica).options(num_cpus=0, max_concurrency=2).remote(
-        0, config, plan, [shard], data.train_images, data.train_labels, 1)
+        0, replica_settings(config), plan, [shard], data.train_images, data.train_labels, 1)
     try:
         result = ray_session.get(replica.run.remote(), timeout=120)
         version, values = ray_session.get(shard.pull.remote(), timeout=60)
@@ -72,7 +73,7 @@ def async_run(ray_session, tmp_path_factory):
     config = TrainConfig(replicas=4, shards=2, model="mlp", dataset="synthetic", steps=25,
                          batch_size=32, lr=0.01, eval_every=0.5, run_dir=str(run_dir), timeout_s=120)
     path, summary = train(config)
-    return path, summary, list(events.read_events(path / events.LOG_NAME))
+    return path, summary, list(events.read_events(path / schema.LOG_NAME))
 
 
 def test_four_replicas_see_staleness_and_mixed_version_fetches(async_run):
@@ -121,6 +122,6 @@ def test_a_failing_run_ends_failed_with_its_summary_and_exit_status_1(ray_sessio
     assert rc == 1
     assert summary["status"] == "failed"
     assert "injected failure at version 30" in summary["error"]
-    pushes = [r for r in events.read_events(run_dir / events.LOG_NAME) if r["kind"] == "push"]
+    pushes = [r for r in events.read_events(run_dir / schema.LOG_NAME) if r["kind"] == "push"]
     assert max(r["applied"] for r in pushes) >= 29  # the log kept what happened before the failure
     assert "failed" in capsys.readouterr().err

@@ -5,15 +5,17 @@ import json
 
 import pytest
 
-from ps import cli, events, staleness
-from ps.errors import UserError
-from ps.live import LiveStats, render
+from ps import cli
+from ps.common import schema
+from ps.common.errors import UserError
+from ps.obs import events, staleness
+from ps.obs.live import LiveStats, render
 
-HEADER = events.header_record(100.0, 2, 2, [10, 10], model="mlp", batch_size=32, n_fetch=1, n_push=1)
+HEADER = schema.header_record(100.0, 2, 2, [10, 10], model="mlp", batch_size=32, n_fetch=1, n_push=1)
 
 
 def push(shard, replica, t, applied, tau, accepted=True):
-    return events.push_record(shard, t, replica, applied - tau, applied, tau, 1.0, accepted,
+    return schema.push_record(shard, t, replica, applied - tau, applied, tau, 1.0, accepted,
                               None if accepted else "nonfinite: NaN", 1.0)
 
 
@@ -23,8 +25,8 @@ def test_snapshot_of_a_hand_built_stream():
     live.ingest([push(0, 0, 101.0, 0, 0),
                  push(0, 0, 112.0, 1, 1), push(0, 1, 113.0, 2, 1), push(0, 0, 114.0, 3, 2),
                  push(0, 1, 120.0, 4, 5), push(0, 1, 120.0, 5, 9, accepted=False),
-                 push(1, 0, 115.0, 0, 0), events.fetch_record(119.0, 1, [5, 1], 0.01),
-                 events.eval_record(119.5, 0.75, 0.6, [4, 1], 256)])
+                 push(1, 0, 115.0, 0, 0), schema.fetch_record(119.0, 1, [5, 1], 0.01),
+                 schema.eval_record(119.5, 0.75, 0.6, [4, 1], 256)])
     snap = live.snapshot()
     assert snap["elapsed_s"] == 20.0 and snap["window_s"] == 10.0  # newest event at t=120
     s0, s1 = snap["shards"]
@@ -46,7 +48,7 @@ def test_a_young_run_divides_by_its_age_not_the_window():
 
 
 def test_an_old_log_without_batch_sizes_reports_pushes_per_second():
-    live = LiveStats(events.header_record(0.0, 1, 1, [10]), window_s=10.0)
+    live = LiveStats(schema.header_record(0.0, 1, 1, [10]), window_s=10.0)
     live.ingest([push(0, 0, 5.0, 0, 0), push(0, 0, 10.0, 1, 0)])
     snap = live.snapshot()
     assert snap["rate_unit"] == "pushes/s" and snap["rate"] == pytest.approx(0.2)
@@ -63,7 +65,7 @@ def test_render_shows_every_shard_and_replica():
 
 def write_run(path, records, summary=None):
     path.mkdir()
-    log = events.EventLog(path / events.LOG_NAME)
+    log = events.EventLog(path / schema.LOG_NAME)
     log.append([HEADER, *records])
     log.close()
     if summary:
@@ -80,7 +82,7 @@ def test_top_on_a_finished_run_draws_one_frame_and_exits(tmp_path, capsys):
 
 def test_top_follows_a_torn_last_record(tmp_path, capsys):
     write_run(tmp_path / "run", [push(0, 0, 101.0, 0, 0)], {"status": "failed"})
-    with open(tmp_path / "run" / events.LOG_NAME, "ab") as f:
+    with open(tmp_path / "run" / schema.LOG_NAME, "ab") as f:
         f.write(events.msgpack.packb(push(0, 0, 102.0, 1, 0))[:7])  # half a record
     assert cli.main(["top", str(tmp_path / "run")]) == 0
     assert "[failed]" in capsys.readouterr().out
@@ -137,7 +139,7 @@ def test_long_tails_share_histogram_rows():
 
 def rich_run(tmp_path):
     records = [push(s, r, 100.0 + i, i, i % 4) for i in range(40) for s in (0, 1) for r in (0, 1)]
-    records += [events.fetch_record(110.0, 0, [3, 2], 0.01), events.eval_record(130.0, 0.8, 0.5, [9, 9], 64)]
+    records += [schema.fetch_record(110.0, 0, [3, 2], 0.01), schema.eval_record(130.0, 0.8, 0.5, [9, 9], 64)]
     write_run(tmp_path / "run", records, {"status": "completed"})
     return tmp_path / "run"
 
@@ -175,8 +177,8 @@ def test_plots_without_matplotlib_exit_2_naming_the_extra(tmp_path, monkeypatch,
 
 def test_a_log_of_another_schema_exits_2(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    header = {**HEADER, "schema": events.SCHEMA_VERSION + 1}
-    (tmp_path / "run" / events.LOG_NAME).write_bytes(events.msgpack.packb(header))
+    header = {**HEADER, "schema": schema.SCHEMA_VERSION + 1}
+    (tmp_path / "run" / schema.LOG_NAME).write_bytes(events.msgpack.packb(header))
     for command in ("staleness", "report", "top"):
         assert cli.main([command, str(tmp_path / "run")]) == 2
         assert "schema" in capsys.readouterr().err

@@ -7,11 +7,11 @@ import time
 import urllib.request
 
 import pytest
+from tests_support import ProgressWatch
 
 from ps import cli
-from ps.config import TrainConfig
-from ps.controller import NAMESPACE
-from tests_support import ProgressWatch
+from ps.common.config import TrainConfig
+from ps.driver.controller import NAMESPACE
 
 pytestmark = pytest.mark.ray
 START_TIMEOUT_S = 120
@@ -20,7 +20,7 @@ START_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def running_job(ray_session, tmp_path_factory):
     """A job long enough to outlive the module's tests; stopped through its controller at the end."""
-    from ps.job import train
+    from ps.driver.job import train
 
     run_dir = tmp_path_factory.mktemp("live") / "observed-run"  # a name no other test uses
     config = TrainConfig(dataset="synthetic", model="mlp", replicas=2, shards=2, steps=10**6,
@@ -50,7 +50,7 @@ def assert_tensorboard_scalars(path):
 def scrape_until(predicate, timeout_s: float = 60.0) -> str:
     """Ray ships metrics to the node's endpoint periodically (every 1 s in tests): read it until
     `predicate` holds or the deadline passes."""
-    from ps.cluster import metrics_endpoints
+    from ps.driver.ray_session import metrics_endpoints
 
     deadline, text = time.time() + timeout_s, ""
     while time.time() < deadline:

@@ -1,4 +1,4 @@
-"""ps.plots on hand-built event logs: image size, something drawn, errors that name the path."""
+"""ps.obs.plots on hand-built event logs: image size, something drawn, errors that name the path."""
 
 import subprocess
 import sys
@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from ps import events, plots
-from ps.errors import UserError
+from ps.common import schema
+from ps.common.errors import UserError
+from ps.obs import events, plots
 
 T0 = 1000.0
 SIZE = (1200, 450)
@@ -21,7 +22,7 @@ def plt():
 
 
 def push(t, shard, replica, tau, accepted=True, reason=None):
-    return events.push_record(shard, T0 + t, replica, 10, 10 + tau, tau, 1.0 if accepted else 0.0,
+    return schema.push_record(shard, T0 + t, replica, 10, 10 + tau, tau, 1.0 if accepted else 0.0,
                               accepted, reason, 1.0)
 
 
@@ -32,18 +33,18 @@ def full_stream() -> list[dict]:
         t, replica = i * 0.5, i % 2
         for shard in (0, 1):
             records.append(push(t, shard, replica, (i * 7 + shard) % 4 + (9 if i == 40 else 0)))
-        records.append(events.fetch_record(T0 + t, replica, [i, i - i % 3], 0.01))
+        records.append(schema.fetch_record(T0 + t, replica, [i, i - i % 3], 0.01))
     records.append(push(30.0, 1, 0, 2, accepted=False, reason="nonfinite: gradient has NaN"))
-    records.append(events.eval_record(T0 + 15, 0.6, 1.1, [30, 30], 960))
-    records.append(events.eval_record(T0 + 31, 0.8, 0.6, [60, 60], -1))
+    records.append(schema.eval_record(T0 + 15, 0.6, 1.1, [30, 30], 960))
+    records.append(schema.eval_record(T0 + 31, 0.8, 0.6, [60, 60], -1))
     return records
 
 
 def logged(tmp_path, records, header=None) -> list[dict]:
     """Writes the records as the job would and reads them back, so the plots see real log records."""
-    path = tmp_path / events.LOG_NAME
+    path = tmp_path / schema.LOG_NAME
     log = events.EventLog(path)
-    log.append([header or events.header_record(T0, 2, 2, [100, 50])])
+    log.append([header or schema.header_record(T0, 2, 2, [100, 50])])
     log.append(records)
     log.close()
     return list(events.read_events(path))
@@ -114,7 +115,7 @@ def test_report_figures_are_drawn_1200x450_images(tmp_path, plt, draw):
 
 
 def test_throughput_png_draws_pushes_per_second_without_a_batch_size(tmp_path, plt):
-    header = {**events.header_record(T0, 2, 2, [100, 50]), "batch_size": 16, "n_push": 2}
+    header = {**schema.header_record(T0, 2, 2, [100, 50]), "batch_size": 16, "n_push": 2}
     with_batch = plots.throughput_png(logged(tmp_path, full_stream(), header), tmp_path / "a.png")
     without = plots.throughput_png(logged(tmp_path, full_stream()), tmp_path / "b.png")
     assert_drawn(with_batch)
@@ -158,7 +159,7 @@ def test_missing_matplotlib_is_a_user_error_naming_the_extra(monkeypatch):
 
 
 def test_the_modules_import_without_matplotlib_torch_or_ray():
-    code = ("import sys; sys.modules['matplotlib'] = None; import ps.plots, ps.report; "
+    code = ("import sys; sys.modules['matplotlib'] = None; import ps.obs.plots, ps.obs.report; "
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

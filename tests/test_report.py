@@ -1,4 +1,4 @@
-"""ps.report on a hand-built run directory whose numbers are worked out by hand below."""
+"""ps.obs.report on a hand-built run directory whose numbers are worked out by hand below."""
 
 import json
 import re
@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from ps import events, report
-from ps.errors import UserError
+from ps.common import schema
+from ps.common.errors import UserError
+from ps.obs import events, report
 
 T0 = 1000.0
 IMAGES = {"staleness.png", "staleness_by_replica.png", "evaluations.png", "spread.png",
@@ -15,7 +16,7 @@ IMAGES = {"staleness.png", "staleness_by_replica.png", "evaluations.png", "sprea
 
 
 def push(t, shard, replica, tau, accepted=True, reason=None):
-    return events.push_record(shard, T0 + t, replica, 10, 10 + tau, tau, 1.0 if accepted else 0.0,
+    return schema.push_record(shard, T0 + t, replica, 10, 10 + tau, tau, 1.0 if accepted else 0.0,
                               accepted, reason, 1.0)
 
 
@@ -27,27 +28,27 @@ def hand_built_stream() -> list[dict]:
     replica 0 sends 48 samples, 2 x 16 / 2 s = 16.0 samples/s; replica 1 32 samples, 16 / 3.5 s = 4.6.
     Fetch spreads 0, 2, 1, 0: 4 fetches, 2 mixed (50.0%), max 2."""
     return [
-        events.fetch_record(T0 + 0.5, 0, [0, 0], 0.01),
+        schema.fetch_record(T0 + 0.5, 0, [0, 0], 0.01),
         push(1.0, 0, 0, 0), push(1.5, 1, 0, 3), push(2.0, 0, 0, 1), push(2.5, 0, 1, 2),
-        events.fetch_record(T0 + 2.6, 1, [3, 1], 0.02),
+        schema.fetch_record(T0 + 2.6, 1, [3, 1], 0.02),
         push(3.0, 0, 0, 1), push(3.5, 1, 1, 3),
         push(4.0, 1, 0, 9, accepted=False, reason="stale: tau 9 > 8"),
         push(5.0, 1, 1, 12, accepted=False, reason="stale: tau 12 > 8"),
         push(6.0, 0, 1, 5),
         push(7.0, 1, 0, -1, accepted=False, reason="nonfinite: gradient holds NaN"),
-        events.fetch_record(T0 + 7.5, 0, [6, 5], 0.03),
-        events.fetch_record(T0 + 8.0, 1, [5, 5], 0.04),
+        schema.fetch_record(T0 + 7.5, 0, [6, 5], 0.03),
+        schema.fetch_record(T0 + 8.0, 1, [5, 5], 0.04),
         {"kind": "scale", "t": T0 + 8.5, "replicas": 3},  # a kind this version does not know
-        events.eval_record(T0 + 10.0, 0.5, 1.25, [3, 1], 64),
-        events.eval_record(T0 + 20.0, 0.75, 0.5, [5, 2], -1),
+        schema.eval_record(T0 + 10.0, 0.5, 1.25, [3, 1], 64),
+        schema.eval_record(T0 + 20.0, 0.75, 0.5, [5, 2], -1),
     ]
 
 
 def make_run(tmp_path, records, header_extra=None, summary=None, config=None):
     run = tmp_path / "run"
     run.mkdir()
-    log = events.EventLog(run / events.LOG_NAME)
-    log.append([{**events.header_record(T0, 2, 2, [100, 50]), **(header_extra or {})}])
+    log = events.EventLog(run / schema.LOG_NAME)
+    log.append([{**schema.header_record(T0, 2, 2, [100, 50]), **(header_extra or {})}])
     log.append(records)
     log.close()
     if summary is not None:

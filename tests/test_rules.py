@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from ps.errors import UserError
-from ps.rules import RULES, Decision, StalenessContext, make_rule
+from ps.common.errors import UserError
+from ps.server.rules import RULES, Decision, StalenessContext, make_rule
 
 TAUS = range(0, 200)
 
@@ -62,7 +62,7 @@ def test_bad_rule_specs_are_user_errors(spec, words):
 @pytest.fixture
 def plugin_module(tmp_path, monkeypatch):
     (tmp_path / "my_rules.py").write_text(textwrap.dedent("""
-        from ps.rules import Decision
+        from ps.server.rules import Decision
 
         def halve_after(ctx, limit=3.0):
             return 1.0 if ctx.tau <= limit else 0.5

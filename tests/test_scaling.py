@@ -4,11 +4,13 @@ How the steps left are shared out is checked on `rescale_plan` itself."""
 import threading
 
 import pytest
-
-from ps import cli, events
-from ps.config import TrainConfig
-from ps.job import RescalePlan, rescale_plan
 from tests_support import ProgressWatch
+
+from ps import cli
+from ps.common import schema
+from ps.common.config import TrainConfig
+from ps.driver.job import RescalePlan, rescale_plan
+from ps.obs import events
 
 pytestmark = pytest.mark.ray
 TIMEOUT_S = 180
@@ -24,7 +26,7 @@ def test_rescale_plan_keeps_the_first_and_shares_out_the_rest():
 
 
 def test_scale_a_running_job_up_then_down(ray_session, tmp_path, capsys):
-    from ps.job import train
+    from ps.driver.job import train
 
     run_dir = tmp_path / "scaled-run"
     # A budget no run here reaches: the job ends by `downpour stop`, not by how fast it trains.
@@ -53,6 +55,6 @@ def test_scale_a_running_job_up_then_down(ray_session, tmp_path, capsys):
     assert stats[0]["part"] == [1, 0, 2]
     assert sorted(tuple(stats[i]["part"]) for i in (1, 2, 3)) == [(4, 1, 1), (4, 2, 1), (4, 3, 1)]
 
-    scales = [r for r in events.read_events(run_dir / events.LOG_NAME) if r["kind"] == "scale"]
+    scales = [r for r in events.read_events(run_dir / schema.LOG_NAME) if r["kind"] == "scale"]
     assert [(r["replicas"], r["active"], r["generation"]) for r in scales] == [
         (4, [0, 1, 2, 3], 1), (1, [0], 2)]

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from ps.errors import UserError
-from ps.optimizers import parse_optimizer
-from ps.schedules import SCHEDULES, get_schedule
-from ps.shard import ParameterShard
+from ps.common.errors import UserError
+from ps.server.optimizers import parse_optimizer
+from ps.server.schedules import SCHEDULES, get_schedule
+from ps.server.shard import ParameterShard
 
 
 @pytest.mark.parametrize("name, end", [("constant", 1.0), ("cosine", 0.0), ("linear", 0.0)])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ps.errors import UserError
-from ps.optimizers import OPTIMIZERS, parse_optimizer
-from ps.shard import ParameterShard
+from ps.common.errors import UserError
+from ps.server.optimizers import OPTIMIZERS, parse_optimizer
+from ps.server.shard import ParameterShard
 
 SIZE = 257
 
@@ -129,7 +129,7 @@ def test_huge_but_finite_gradient_is_accepted_with_its_norm():
 
 def test_a_gating_rule_rejects_without_changing_parameters(tmp_path, monkeypatch):
     (tmp_path / "gating_rule.py").write_text(
-        "from ps.rules import Decision\n"
+        "from ps.server.rules import Decision\n"
         "def gate(ctx, limit=1.0):\n"
         "    return Decision(1.0) if ctx.tau <= limit else Decision(0.0, False, 'too stale')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

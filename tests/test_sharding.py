@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from sharding import STRATEGIES, Piece, PlanError, ShardPlan, TensorSpec, format_plan, make_plan
+from sharding import (
+    STRATEGIES,
+    Piece,
+    PlanError,
+    ShardPlan,
+    TensorSpec,
+    format_plan,
+    make_plan,
+)
 
 CNN = [("conv1.weight", (32, 1, 3, 3)), ("conv1.bias", (32,)), ("conv2.weight", (64, 32, 3, 3)),
        ("conv2.bias", (64,)), ("fc1.weight", (128, 3136)), ("fc1.bias", (128,)),

@@ -6,7 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from ps import events, staleness
+from ps.common import schema
+from ps.obs import events, staleness
 
 
 def test_summary_of_a_hand_built_sample():
@@ -26,12 +27,12 @@ def test_histogram_counts_every_tau_including_gaps():
 
 
 def push(shard, replica, tau, accepted=True):
-    return events.push_record(shard, 0.0, replica, 0, tau, tau, 1.0, accepted, None, 1.0)
+    return schema.push_record(shard, 0.0, replica, 0, tau, tau, 1.0, accepted, None, 1.0)
 
 
 def test_taus_by_shard_and_replica_skip_rejected_pushes_and_other_records():
     records = [push(0, 1, 3), push(1, 1, 2), push(0, 2, 1), push(0, 2, 7, accepted=False),
-               events.fetch_record(0.0, 1, [3, 4], 0.01)]
+               schema.fetch_record(0.0, 1, [3, 4], 0.01)]
     by_shard = staleness.taus_by(records, "shard")
     by_replica = staleness.taus_by(records, "replica")
     assert {k: v.tolist() for k, v in by_shard.items()} == {0: [3, 1], 1: [2]}
@@ -47,14 +48,14 @@ def test_report_names_each_group_and_draws_bars():
 
 def write_log(path, records):
     log = events.EventLog(path)
-    log.append([events.header_record(0.0, 2, 2, [10, 10])])
+    log.append([schema.header_record(0.0, 2, 2, [10, 10])])
     log.append(records)
     log.close()
 
 
 def test_log_round_trip(tmp_path):
-    records = [push(0, 0, 1), events.fetch_record(1.0, 0, [2, 5], 0.5),
-               events.eval_record(2.0, 0.9, 0.3, [5, 5], 100)]
+    records = [push(0, 0, 1), schema.fetch_record(1.0, 0, [2, 5], 0.5),
+               schema.eval_record(2.0, 0.9, 0.3, [5, 5], 100)]
     write_log(tmp_path / "log", records)
     read = list(events.read_events(tmp_path / "log"))
     assert read[0]["kind"] == "header" and read[1:] == records

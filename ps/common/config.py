@@ -9,8 +9,9 @@ from typing import Any, Optional
 
 import yaml
 
-from ps.errors import UserError
-from ps.resources import parse_resources
+from ps.common.errors import UserError
+from ps.common.protocol import ReplicaSettings
+from ps.common.resources import parse_resources
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -105,7 +106,7 @@ def load_yaml(path: str) -> dict:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = _base_type(typing.get_type_hints(TrainConfig)[name])
+    kind = base_type(typing.get_type_hints(TrainConfig)[name])
     optional = FIELDS[name].default is None
     if value is None and optional:
         return None
@@ -125,7 +126,7 @@ def _float_or_same(text: str):
         return text
 
 
-def _base_type(hint) -> type:
+def base_type(hint) -> type:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 
@@ -161,6 +162,15 @@ def validate(c: TrainConfig) -> None:
     for name, allowed in _CHOICES.items():
         if getattr(c, name) not in allowed:
             raise UserError(f"{name} is '{getattr(c, name)}': choose one of {', '.join(allowed)}")
+
+
+def replica_settings(c: TrainConfig) -> ReplicaSettings:
+    """What a model replica needs of the job's configuration, and nothing else."""
+    return ReplicaSettings(
+        model=c.model, seed=c.seed, replicas=c.replicas, batch_size=c.batch_size,
+        total_steps=c.steps, epochs=c.epochs, n_fetch=c.n_fetch, n_push=c.n_push,
+        max_inflight=c.max_inflight, local_lr=c.lr if c.local_lr is None else c.local_lr,
+        prefetch=bool(c.prefetch), device=c.device, timeout_s=c.timeout_s, event_log=c.event_log)
 
 
 def to_dict(c: TrainConfig) -> dict:

@@ -4,7 +4,7 @@ import importlib
 import math
 from typing import Any
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 
 def parse_spec(spec: str, field: str) -> tuple[str, dict[str, float]]:

@@ -1,8 +1,8 @@
 """PNG figures from a run's event log: staleness, evaluations, fetch spread, throughput, shards.
 
-Every function takes the log's records (as `ps.events.read_events` yields them), writes one PNG
+Every function takes the log's records (as `ps.obs.events.read_events` yields them), writes one PNG
 of FIGSIZE at DPI and returns its path. matplotlib is imported only when a figure is drawn, so
-`import ps.plots` works without it; `require_matplotlib` turns its absence into a UserError.
+`import ps.obs.plots` works without it; `require_matplotlib` turns its absence into a UserError.
 A panel without data shows a sentence saying so, never an empty frame.
 """
 
@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 FIGSIZE = (12, 4.5)  # inches; at DPI this is 1200x450 px
 DPI = 100

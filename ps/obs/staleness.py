@@ -9,7 +9,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 PERCENTILES = (50, 90, 99)
 BAR_WIDTH = 40

@@ -5,7 +5,7 @@ nodes can hold them: pure functions, so a request no node can meet fails before 
 import math
 import re
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 

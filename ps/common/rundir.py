@@ -8,8 +8,8 @@ from typing import Optional
 
 import yaml
 
-from ps.errors import UserError
-from ps.events import LOG_NAME
+from ps.common.errors import UserError
+from ps.common.schema import LOG_NAME
 
 CONFIG_NAME, SUMMARY_NAME, MODEL_NAME = "config.yaml", "summary.json", "model.pt"
 

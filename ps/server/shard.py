@@ -7,30 +7,16 @@ applies pushes one at a time (a Ray actor runs one method at a time, so no lock 
 import math
 import time
 from collections import Counter
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
-from ps import events
-from ps.metrics import ShardMetrics
-from ps.optimizers import OptimizerSpec, ServerOptimizer
-from ps.rules import Rule, StalenessContext, make_rule
-from ps.schedules import get_schedule
-
-
-class PushResult(NamedTuple):
-    accepted: bool
-    tau: int
-    scale: float
-    reason: Optional[str] = None
-
-
-class Exchanged(NamedTuple):
-    """What `push_pull` returns: the shard's state after the push, as `pull` gives it, and the
-    push's own result."""
-    version: int
-    values: np.ndarray
-    push: PushResult
+from ps.common import schema
+from ps.common.protocol import PushPullReply, PushResult
+from ps.server.metrics import ShardMetrics
+from ps.server.optimizers import OptimizerSpec, ServerOptimizer
+from ps.server.rules import Rule, StalenessContext, make_rule
+from ps.server.schedules import get_schedule
 
 
 class ParameterShard:
@@ -44,7 +30,7 @@ class ParameterShard:
         self.version = 0        # number of updates applied so far
         self._tau_sum = 0       # over accepted pushes, for the running mean a rule may use
         self.rejected = Counter()  # reason -> count
-        self._events: list = []    # push event tuples since the last drain (see ps/events.py)
+        self._events: list = []    # push event tuples since the last drain (see ps.common.schema)
         self.record_events = record_events
         # Ray metrics under this run's name; None in-process (tests) or when the user turned them off
         self.metrics = ShardMetrics(metrics_run, shard_id) if metrics_run else None
@@ -85,11 +71,11 @@ class ParameterShard:
             self.metrics.accepted(tau)
         return PushResult(True, tau, scale)
 
-    def push_pull(self, grad: np.ndarray, fetched_version: int, replica_id: int) -> Exchanged:
+    def push_pull(self, grad: np.ndarray, fetched_version: int, replica_id: int) -> PushPullReply:
         """`push`, then `pull`, in one call: a replica that pushes and fetches at the same step
         pays one round trip per shard instead of two."""
         result = self.push(grad, fetched_version, replica_id)
-        return Exchanged(*self.pull(), result)
+        return PushPullReply(*self.pull(), result)
 
     def _check(self, grad, fetched_version) -> tuple[Optional[str], float]:
         """(reason to reject or None, gradient L2 norm). Cheap: one dot product on the good path."""
@@ -121,4 +107,4 @@ class ParameterShard:
         batch, self._events = self._events, []
         if self.metrics:
             self.metrics.flush(self.version)
-        return [events.push_record(self.shard_id, *e) for e in batch]
+        return [schema.push_record(self.shard_id, *e) for e in batch]

@@ -3,7 +3,7 @@
 import math
 from typing import Callable
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 
 def constant(progress: float) -> float:

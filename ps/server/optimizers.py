@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ps.errors import UserError
-from ps.specs import parse_spec
+from ps.common.errors import UserError
+from ps.common.specs import parse_spec
 
 # name -> (torch.optim class, fixed keyword defaults, parameters a user may set)
 _OPTIMIZERS = {

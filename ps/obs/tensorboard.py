@@ -7,7 +7,7 @@ Written by the driver from the live snapshot it already computes: nothing extra 
 import importlib.util
 from pathlib import Path
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 DIR_NAME = "tensorboard"
 

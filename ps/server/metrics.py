@@ -18,7 +18,11 @@ class ShardMetrics:
     metrics agent on its own thread: no I/O on the push path."""
 
     def __init__(self, run: str, shard_id: int):
-        from ray.util.metrics import Counter, Gauge, Histogram  # only inside a Ray worker
+        from ray.util.metrics import (  # only inside a Ray worker
+            Counter,
+            Gauge,
+            Histogram,
+        )
 
         tags = {"run": run, "shard": str(shard_id)}
         self.tau = Histogram("downpour_staleness", description="staleness tau of accepted pushes "

@@ -1,54 +1,16 @@
-"""The staleness event log: record builders, an appending msgpack writer, and a tolerant reader.
+"""The staleness event log: an appending msgpack writer and a tolerant reader (records: ps.common.schema).
 
 The log is a stream of msgpack maps (schema in docs/event-log.md). The first record is a header
 with the schema version; a torn last record (a crash mid-write) is skipped with a warning.
 """
 
-import math
-import numbers
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import msgpack
 
-SCHEMA_VERSION = 1
-LOG_NAME = "events.msgpack"
-
-
-def header_record(t: float, replicas: int, shards: int, shard_sizes: list[int], *,
-                  model: Optional[str] = None, batch_size: Optional[int] = None,
-                  n_fetch: Optional[int] = None, n_push: Optional[int] = None) -> dict:
-    """The sizes let readers turn pushes into samples (one push to a shard = n_push x batch_size)."""
-    return {"kind": "header", "schema": SCHEMA_VERSION, "t": t, "replicas": replicas,
-            "shards": shards, "shard_sizes": shard_sizes, "model": model, "batch_size": batch_size,
-            "n_fetch": n_fetch, "n_push": n_push}
-
-
-def push_record(shard: int, t: float, replica: int, fetched: int, applied: int, tau: int,
-                scale: float, accepted: bool, reason: Optional[str], grad_norm: float) -> dict:
-    """One push as seen by `shard`: `applied` is the shard version the push met (before it applied)."""
-    return {"kind": "push", "t": t, "shard": shard, "replica": replica,
-            "fetched": int(fetched) if isinstance(fetched, numbers.Integral) else -1, "applied": applied,
-            "tau": tau, "scale": scale, "accepted": accepted, "reason": reason,
-            "grad_norm": None if math.isnan(grad_norm) else grad_norm}
-
-
-def fetch_record(t: float, replica: int, versions: list[int], reply_spread_s: float) -> dict:
-    """One fetch by `replica`: the version vector over shards and how far apart in time replies came."""
-    return {"kind": "fetch", "t": t, "replica": replica, "versions": versions,
-            "spread": max(versions) - min(versions), "reply_spread_s": reply_spread_s}
-
-
-def eval_record(t: float, accuracy: float, loss: float, versions: list[int], samples: int) -> dict:
-    return {"kind": "eval", "t": t, "accuracy": accuracy, "loss": loss, "versions": versions,
-            "samples": samples}
-
-
-def scale_record(t: float, replicas: int, active: list[int], generation: int) -> dict:
-    """The job was scaled: `active` are the replica ids training from now on, on parts of a fresh
-    partition of the data numbered `generation`."""
-    return {"kind": "scale", "t": t, "replicas": replicas, "active": active, "generation": generation}
+from ps.common.schema import SCHEMA_VERSION
 
 
 class EventLog:

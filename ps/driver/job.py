@@ -18,18 +18,21 @@ import numpy as np
 import ray
 import torch
 
-from ps import cluster, events, rundir
-from ps.config import TrainConfig, to_dict
-from ps.controller import NAMESPACE, JobController
-from ps.errors import UserError
-from ps.live import LiveStats
-from ps.optimizers import OptimizerSpec, parse_optimizer
-from ps.progress import ProgressLine
-from ps.rules import make_rule
-from ps.schedules import get_schedule
-from ps.shard import ParameterShard
-from ps.staleness import summarize
-from ps.tensorboard import Scalars, require_tensorboard
+from ps.common import rundir, schema
+from ps.common.config import TrainConfig, replica_settings, to_dict
+from ps.common.errors import UserError
+from ps.driver import placement as placement_mod
+from ps.driver import ray_session as cluster
+from ps.driver.controller import NAMESPACE, JobController
+from ps.obs import events
+from ps.obs.live import LiveStats
+from ps.obs.progress import ProgressLine
+from ps.obs.staleness import summarize
+from ps.obs.tensorboard import Scalars, require_tensorboard
+from ps.server.optimizers import OptimizerSpec, parse_optimizer
+from ps.server.rules import make_rule
+from ps.server.schedules import get_schedule
+from ps.server.shard import ParameterShard
 from replicas.data import Dataset, load_dataset
 from replicas.evaluator import Evaluator
 from replicas.models import build_model, named_shapes
@@ -74,11 +77,11 @@ def prepare(c: TrainConfig) -> Prepared:
 
 
 class TrainingJob:
-    def __init__(self, prepared: Prepared, placement: cluster.Placement, run_path: Path, out=None):
+    def __init__(self, prepared: Prepared, placement: placement_mod.Placement, run_path: Path, out=None):
         self.p, self.c, self.place, self.path = prepared, prepared.config, placement, run_path
         self.out = out or sys.stderr
         self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
-        self.log = events.EventLog(run_path / events.LOG_NAME)
+        self.log = events.EventLog(run_path / schema.LOG_NAME)
         self.live: Optional[LiveStats] = None  # from the header on, in _start_actors
         self.scalars = Scalars(run_path) if self.c.tensorboard else None
         self.stop_reason, self.samples_done = None, 0
@@ -121,7 +124,7 @@ class TrainingJob:
 
     def _start_actors(self) -> None:
         c, place = self.c, self.place
-        header = events.header_record(
+        header = schema.header_record(
             time.time(), c.replicas, c.shards, [self.p.plan.shard_numel(s) for s in range(c.shards)],
             model=c.model, batch_size=c.batch_size, n_fetch=c.n_fetch, n_push=c.n_push)
         self.log.append([header])
@@ -147,7 +150,7 @@ class TrainingJob:
 
     def _new_replica(self, replica_id: int, part=None, total_steps=None):
         cls = ray.remote(ModelReplica).options(**self.place.replica_options(), max_concurrency=2)
-        return cls.remote(replica_id, self.c, self.p.plan, self.shards, *self._train,
+        return cls.remote(replica_id, replica_settings(self.c), self.p.plan, self.shards, *self._train,
                           self.place.threads, part, total_steps)
 
     def _wait_ready(self) -> None:
@@ -287,7 +290,7 @@ class TrainingJob:
         self.replicas += [actor for _, actor in new]
         self.nodes["replicas"] += [None] * len(new)  # placed later: their node is not waited for
         before, self.active = len(self.active), plan.keep + plan.new
-        self.log.append([events.scale_record(time.time(), n, self.active, self.generation)])
+        self.log.append([schema.scale_record(time.time(), n, self.active, self.generation)])
         return True, (f"{before} -> {n} replicas (generation {self.generation}; each does "
                       f"{plan.share} more steps on part k of {n})"), new
 
@@ -307,7 +310,7 @@ class TrainingJob:
         self.evals.append(result)
         if self.scalars:
             self.scalars.evaluation(int(epochs * self._steps_per_epoch * self.c.batch_size), result)
-        self.log.append([events.eval_record(result["t"], result["accuracy"], result["loss"],
+        self.log.append([schema.eval_record(result["t"], result["accuracy"], result["loss"],
                                             result["versions"], int(epochs * self._steps_per_epoch
                                                                     * self.c.batch_size))])
 
@@ -336,7 +339,7 @@ class TrainingJob:
         final = ray.get(self.evaluator.evaluate.remote(limit), timeout=self.c.timeout_s)
         ray.get(self.evaluator.save.remote(str(self.path.resolve() / rundir.MODEL_NAME)),
                 timeout=self.c.timeout_s)
-        self.log.append([events.eval_record(time.time(), final["accuracy"], final["loss"],
+        self.log.append([schema.eval_record(time.time(), final["accuracy"], final["loss"],
                                             final["versions"], -1)])
         if self.scalars:
             self.scalars.evaluation(self.samples_done, final)
@@ -451,7 +454,7 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
         try:
             started = cluster.connect(c.address, c.metrics_port)
             previous_sigterm = _sigterm_as_interrupt()
-            placement = cluster.plan_resources(c, ray.cluster_resources(), cluster.live_nodes())
+            placement = placement_mod.plan_resources(c, ray.cluster_resources(), placement_mod.live_nodes())
         except UserError:
             rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise

@@ -13,8 +13,9 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from ps import events, plots, rundir, staleness
-from ps.errors import UserError
+from ps.common import rundir, schema
+from ps.common.errors import UserError
+from ps.obs import events, plots, staleness
 
 REPORT_NAME = "report.md"
 REPORT_DIR = "report"
@@ -37,7 +38,7 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None) -> Path:
 
 def load_records(run_dir: Path) -> list[dict]:
     try:
-        return list(events.read_events(run_dir / events.LOG_NAME))
+        return list(events.read_events(run_dir / schema.LOG_NAME))
     except events.LogError as exc:
         raise UserError(str(exc)) from None
 

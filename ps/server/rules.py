@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ps.errors import UserError
-from ps.specs import is_plugin_path, load_plugin, parse_spec
+from ps.common.errors import UserError
+from ps.common.specs import is_plugin_path, load_plugin, parse_spec
 
 
 @dataclass(frozen=True)

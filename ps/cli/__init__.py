@@ -6,8 +6,8 @@ import sys
 import typing
 import warnings
 
-from ps import config as cfg
-from ps.errors import UserError
+from ps.common import config as cfg
+from ps.common.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -34,7 +34,7 @@ def add_config_flags(p, skip: tuple = ()) -> None:
     for name, f in cfg.FIELDS.items():
         if name in skip:
             continue
-        flag, kind = "--" + name.replace("_", "-"), cfg._base_type(hints[name])
+        flag, kind = "--" + name.replace("_", "-"), cfg.base_type(hints[name])
         help_ = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
@@ -56,7 +56,9 @@ def handle_train(args) -> int:
     config = cfg.from_mapping(values, source)
     if config.address:
         use_token_auth()
-    from ps.job import train  # imports torch and ray: after the checks, and keeps --help fast
+    from ps.driver.job import (
+        train,  # imports torch and ray: after the checks, and keeps --help fast
+    )
 
     _, summary = train(config)
     return {"completed": 0, "stopped": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"],
@@ -81,7 +83,7 @@ def handle_submit(args) -> int:
     values.pop("address", None)  # the job joins the cluster it runs in
     config = cfg.from_mapping(values, source)  # every check runs here, before anything is sent
     use_token_auth()
-    from ps import jobs
+    from ps.cli import submission as jobs
 
     train_flags = {k: v for k, v in values.items() if k != "run_dir"}
     jobs.submit(args.address, train_flags, config, args.working_dir, sys.stdout)
@@ -115,7 +117,7 @@ def add_scale_parser(sub) -> None:
 
 def handle_scale(args) -> int:
     use_token_auth()
-    from ps import jobs
+    from ps.cli import submission as jobs
 
     jobs.scale(args.address, args.target, args.replicas, sys.stdout)
     return 0
@@ -123,7 +125,7 @@ def handle_scale(args) -> int:
 
 def handle_job_command(args) -> int:
     use_token_auth()
-    from ps import jobs
+    from ps.cli import submission as jobs
 
     if args.command == "status":
         jobs.status(args.address, args.job_id, sys.stdout)
@@ -150,7 +152,7 @@ def add_staleness_parser(sub) -> None:
 
 
 def handle_staleness(args) -> int:
-    from ps import staleness
+    from ps.obs import staleness
 
     percentiles = staleness.parse_percentiles(args.percentiles)
     window = staleness.parse_window(args.window) if args.window else None
@@ -166,7 +168,7 @@ def handle_staleness(args) -> int:
     print(f"staleness (tau = shard version at apply - version fetched) in {path}{span}\n")
     print(staleness.format_report(groups, args.by, percentiles))
     if args.png:
-        from ps import plots
+        from ps.obs import plots
 
         print(f"\nwrote {plots.staleness_png(records, args.by, args.png)}")
     return 0
@@ -178,11 +180,12 @@ def _seconds(value, default) -> str:
 
 def _read_run(run_dir: str) -> tuple:
     """(path, every record) of a run directory; a missing or foreign log is a user error."""
-    from ps import events, rundir
+    from ps.common import rundir, schema
+    from ps.obs import events
 
     path = rundir.require_run(run_dir)
     try:
-        return path, list(events.read_events(path / events.LOG_NAME))
+        return path, list(events.read_events(path / schema.LOG_NAME))
     except events.LogError as exc:
         raise UserError(str(exc)) from None
 
@@ -197,7 +200,8 @@ def add_report_parser(sub) -> None:
 def handle_report(args) -> int:
     from pathlib import Path
 
-    from ps import report, rundir
+    from ps.common import rundir
+    from ps.obs import report
 
     path = rundir.require_run(args.run_dir)
     print(f"wrote {report.write_report(path, Path(args.out) if args.out else None)}")
@@ -228,7 +232,7 @@ def handle_top(args) -> int:
         raise UserError(f"--frames {args.frames}: give 1 or more")
     if args.address:
         use_token_auth()
-    from ps import top
+    from ps.obs import top
 
     return top.main(args.run_dir, args.address, args.run, args.interval, args.frames)
 

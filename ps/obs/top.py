@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Optional, TextIO
 
-from ps import events, rundir
-from ps.errors import UserError
-from ps.live import LiveStats, render
+from ps.common import rundir, schema
+from ps.common.errors import UserError
+from ps.obs import events
+from ps.obs.live import LiveStats, render
 
 CLEAR = "\x1b[H\x1b[J"  # cursor home, clear to the end of the screen
 
@@ -32,7 +33,7 @@ class Screen:
 
 def latest_run(root: Path = Path("runs")) -> Path:
     """The most recently written run under runs/, for a bare `downpour top`."""
-    logs = sorted(root.glob(f"*/{events.LOG_NAME}"), key=lambda p: p.stat().st_mtime)
+    logs = sorted(root.glob(f"*/{schema.LOG_NAME}"), key=lambda p: p.stat().st_mtime)
     if not logs:
         raise UserError(f"no run directory given and none with an event log under {root}/: "
                         "give RUN_DIR, or --address for a job on a cluster")
@@ -41,7 +42,7 @@ def latest_run(root: Path = Path("runs")) -> Path:
 
 def watch_run_dir(path: Path, interval_s: float, max_frames: Optional[int], out: TextIO) -> int:
     """Follows RUN_DIR/events.msgpack until the run writes summary.json (then one last frame)."""
-    tail, live, screen = events.LogTail(path / events.LOG_NAME), None, Screen(out)
+    tail, live, screen = events.LogTail(path / schema.LOG_NAME), None, Screen(out)
     while True:
         finished = (path / rundir.SUMMARY_NAME).is_file()  # before reading: then nothing is missed
         try:
@@ -64,8 +65,8 @@ def watch_cluster(address: str, run: Optional[str], interval_s: float, max_frame
     """Reads the snapshot a job's driver publishes to its named controller, until the job ends."""
     import ray
 
-    from ps import cluster
-    from ps.controller import NAMESPACE
+    from ps.driver import ray_session as cluster
+    from ps.driver.controller import NAMESPACE
 
     started = cluster.connect(address)
     try:
@@ -90,7 +91,7 @@ def find_job(run: Optional[str]) -> str:
     """The name of the one running job, or of `run`; a clear error when that is not unique."""
     import ray
 
-    from ps.controller import NAMESPACE
+    from ps.driver.controller import NAMESPACE
 
     running = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                      if a["namespace"] == NAMESPACE)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 from urllib.parse import urlparse
 
-from ps.errors import UserError
+from ps.common.errors import UserError
 
 JOB_PREFIX = "downpour-"
 RUNS_ON_CLUSTER = "~/downpour-runs"
@@ -29,7 +29,7 @@ def connect(address: str):
     if url.scheme not in ("http", "https") or not url.hostname:
         raise UserError(f"address {address!r}: jobs go through the head node's dashboard; give "
                         "--address http://HEAD:8265")
-    from ps.cluster import check_reachable
+    from ps.driver.ray_session import check_reachable
 
     check_reachable(f"{url.hostname}:{url.port or (443 if url.scheme == 'https' else 80)}")
     from ray.exceptions import AuthenticationError
@@ -225,9 +225,9 @@ def _controller(address: str, target: str):
     """(name, handle) of the job's controller on the cluster at a Ray address."""
     import ray
 
-    from ps import cluster
-    from ps.controller import NAMESPACE
-    from ps.top import find_job
+    from ps.driver import ray_session as cluster
+    from ps.driver.controller import NAMESPACE
+    from ps.obs.top import find_job
 
     started = cluster.connect(address)
     try:

@@ -10,7 +10,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ps.staleness import summarize
+from ps.obs.staleness import summarize
 
 WINDOW_S = 10.0
 

@@ -2,19 +2,21 @@
 
 It trains a full copy of the model on its own partition of the data, fetching parameters from every
 shard every n_fetch steps and pushing accumulated gradients every n_push steps, without waiting.
+How it talks to the shards is a ShardClient's job (replicas/client.py); this module is the schedule.
 """
 
 import collections
+import threading
 import time
 from typing import Optional, Sequence
 
 import numpy as np
-import ray
 import torch
 import torch.nn.functional as F
 
 from ps.common import schema
-from ps.common.protocol import PushPullReply, ReplicaSettings
+from ps.common.protocol import ReplicaSettings
+from replicas.client import Fetch, RayShardClient, ShardClient
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
 from replicas.models import build_model
@@ -33,21 +35,24 @@ def choose_device(name: str) -> torch.device:
 
 class ModelReplica:
     """Run in an actor with max_concurrency=2: `run` trains on one thread while the job calls
-    `progress` and `drain_events` on the other (both only read counters or pop a deque)."""
+    `progress`, `reassign`, `stop` and `drain_events` on the other. `_lock` makes the loop's end
+    check and `reassign` atomic with respect to each other; the rest only reads counters or pops
+    a deque."""
 
     def __init__(self, replica_id: int, config: ReplicaSettings, plan: ShardPlan, shards: Sequence,
                  train_images: np.ndarray, train_labels: np.ndarray, threads: int,
-                 part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None):
+                 part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None,
+                 *, client: Optional[ShardClient] = None):
         self.id = replica_id
         self.c = config
         self.plan = plan
-        self.shards = list(shards)
+        self.client = client if client is not None else RayShardClient(shards, plan, config.timeout_s)
         self.images, self.labels = train_images, train_labels  # read-only views of the object store
         # (parts, index, generation): part `index` of `parts`, drawn afresh for each generation of
         # a scaled job, so the replicas of one generation hold disjoint data
         self.part = part or (config.replicas, replica_id, 0)
         self.indices = self._partition(self.part)
-        self._next_part: Optional[tuple[int, int, int]] = None  # from `reassign`, taken at a step
+        self._next_part: Optional[tuple[int, int, int]] = None  # from `reassign`, taken at a batch
         self.steps_per_epoch = len(self.indices) // config.batch_size
         self.total_steps = total_steps or config.total_steps or config.epochs * self.steps_per_epoch
         self.threads = threads
@@ -56,43 +61,62 @@ class ModelReplica:
         self.flat = FlatParams(self.model, self.device)
         self.acc = torch.zeros_like(self.flat.grads) if config.n_push > 1 else self.flat.grads
         self._events = collections.deque()  # fetch records, popped by drain_events on the other thread
-        self._inflight = collections.deque()  # one list of push refs per push round
+        self._lock = threading.Lock()
         self.step = 0
         self.stopping = False  # set by `stop` from the job's thread; checked once a step
+        self._started = self._ended = False  # the loop began / decided to end (under _lock)
+        self.t_first: Optional[float] = None  # first compute
+        self.t_end: Optional[float] = None    # `run` returned
         self.jit, self._last_compute_s = JustInTime(), 0.0
-        self.counts = collections.Counter()  # pushes, rejected
         self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait
 
     # ---- the Downpour loop -------------------------------------------------------------------
     def run(self) -> dict:
         """Blocks until this replica has done its steps; returns its counters and timings."""
         torch.set_num_threads(self.threads)  # here, on the thread that computes (OpenMP is per thread)
-        batches, fetch, pushed_from, t_first = self._batches(), self._start_fetch(), None, None
-        step = 0
-        while step < self.total_steps and not self.stopping:  # `reassign` may move the end
-            if step % self.c.n_fetch == 0:
-                versions = self._install(fetch or self._start_fetch())
-            t_first = t_first or time.time()
-            fetch_next = (step + 1) % self.c.n_fetch == 0 and step + 1 < self.total_steps
+        self._started = True
+        try:
+            self._loop()
+            while self.client.inflight:
+                self._settle()
+        finally:
+            with self._lock:
+                self._ended, self.t_end = True, time.time()
+        return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
+                "part": list(self.part), "t_first": self.t_first, "t_last": self.t_end,
+                **self.client.counts, **{f"{k}_s": v for k, v in self.timers.items()}}
+
+    def _loop(self) -> None:
+        c, batches, client = self.c, self._batches(), self.client
+        fetch, pushed_from, versions = client.start_fetch(), None, None
+        while (total := self._steps_to_run()) is not None:  # `reassign` may move the end
+            step = self.step
+            if step % c.n_fetch == 0:
+                versions = self._install(fetch or client.start_fetch())
+            fetch_next = (step + 1) % c.n_fetch == 0 and step + 1 < total
             # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
-            scheduled = ScheduledFetch(self._start_fetch, self.jit.delay()) if (
-                fetch_next and self.c.prefetch) else None
+            scheduled = ScheduledFetch(client.start_fetch, self.jit.delay()) if (
+                fetch_next and c.prefetch) else None
             pushed_from = pushed_from or versions  # staleness counts from the oldest gradient's fetch
-            self._compute(next(batches), local_step=self.c.n_fetch > 1)
+            self._compute(next(batches), local_step=c.n_fetch > 1)
             fetch = scheduled.take() if scheduled else None
-            if (step + 1) % self.c.n_push == 0 or step + 1 >= self.total_steps:
+            if (step + 1) % c.n_push == 0 or step + 1 >= total:
                 # A fetch due now goes with the push, as its reply, so it includes our own update.
                 exchanged = self._push(pushed_from, and_pull=fetch_next and fetch is None)
                 fetch, pushed_from = fetch or exchanged, None
             if fetch_next and fetch is None:
-                fetch = self._start_fetch()  # after our own push, so it includes it
-            self.step = step = step + 1
-        while self._inflight:
-            self._settle_oldest_push()
-        return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
-                "part": list(self.part),
-                "t_first": t_first, "t_last": time.time(), **self.counts,
-                **{f"{k}_s": v for k, v in self.timers.items()}}
+                fetch = client.start_fetch()  # after our own push, so it includes it
+            self.step = step + 1
+        if pushed_from is not None:  # stopped inside an n_push round: its gradient still counts
+            self._push(pushed_from, and_pull=False)
+
+    def _steps_to_run(self) -> Optional[int]:
+        """The end check: this step's total_steps, or None (and the loop has ended) when it ends."""
+        with self._lock:
+            if self.stopping or self.step >= self.total_steps:
+                self._ended = True
+                return None
+            return self.total_steps
 
     def _batches(self):
         """Epoch after epoch over this replica's part; a new part from `reassign` takes effect at
@@ -100,48 +124,37 @@ class ModelReplica:
         epoch = 0
         while True:
             for batch in epoch_batches(self.indices, self.c.batch_size, epoch, self.c.seed, self.id):
-                if self._next_part is not None:
+                with self._lock:  # take and clear at once, or a part set in between is lost
+                    part, self._next_part = self._next_part, None
+                if part is not None:
+                    self.part, self.indices, epoch = part, self._partition(part), 0
                     break
                 yield batch
-            if self._next_part is not None:
-                self.part, self._next_part = self._next_part, None
-                self.indices, epoch = self._partition(self.part), 0
-                continue
-            epoch += 1
+            else:
+                epoch += 1
 
     def _partition(self, part: tuple[int, int, int]) -> np.ndarray:
         parts, index, generation = part
         return partition(len(self.labels), parts, index, self.c.seed + generation)
 
-    def _start_fetch(self) -> tuple[list, float]:
-        return [shard.pull.remote() for shard in self.shards], time.time()
-
-    def _install(self, fetch: tuple[list, float]) -> list[int]:
+    def _install(self, fetch: Fetch) -> list[int]:
         """Waits for every shard's reply, copying each into the flat parameters as it lands."""
-        refs, t_issued = fetch
         t0 = time.time()
-        # Only timed prefetch learns from whether the fetch had landed: spare the extra wait otherwise.
-        landed = self.c.prefetch and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
-        pending, index = list(refs), {ref: s for s, ref in enumerate(refs)}
-        versions, arrivals, host = [0] * len(refs), [], self.flat.host_values()
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=self.c.timeout_s)
-            if not ready:
-                raise TimeoutError(f"replica {self.id}: no reply from a shard in {self.c.timeout_s:g} s")
-            shard = index[ready[0]]
-            versions[shard], values = ray.get(ready[0])[:2]  # a pull's or a push_pull's reply
-            self.plan.assemble_shard(shard, values, host)
-            arrivals.append(time.time())
+        try:  # only timed prefetch learns from whether the fetch had landed: spare the probe otherwise
+            got = self.client.install(fetch, self.flat.host_values(), probe=self.c.prefetch)
+        except TimeoutError as e:
+            raise TimeoutError(f"replica {self.id}: {e}") from e
         self.flat.upload()
         self.timers["fetch_wait"] += time.time() - t0
         if self.c.prefetch and self.step:  # the first fetch has no compute to time it against
-            self.jit.observe(self._last_compute_s, None if landed else arrivals[-1] - t_issued)
+            self.jit.observe(self._last_compute_s, None if got.landed else got.rtt_s)
         if self.c.event_log:
-            self._events.append(schema.fetch_record(t0, self.id, versions, arrivals[-1] - arrivals[0]))
-        return versions
+            self._events.append(schema.fetch_record(t0, self.id, got.versions, got.spread_s))
+        return got.versions
 
     def _compute(self, batch: np.ndarray, local_step: bool) -> None:
         t0 = time.time()
+        self.t_first = self.t_first or t0
         x = torch.from_numpy(normalise(self.images[batch])).to(self.device, non_blocking=True)
         y = torch.from_numpy(self.labels[batch]).to(self.device, non_blocking=True)
         self.flat.grads.zero_()
@@ -151,46 +164,45 @@ class ModelReplica:
                 self.acc.add_(self.flat.grads)
             if local_step:  # Dean's client also steps its own copy between fetches
                 self.flat.values.add_(self.flat.grads, alpha=-self.c.local_lr)
+        self.flat.sync.synchronize()  # a GPU only queued the kernels: time their completion
         self._last_compute_s = time.time() - t0
         self.timers["compute"] += self._last_compute_s
 
-    def _push(self, versions: list[int], and_pull: bool) -> Optional[tuple[list, float]]:
-        """Sends each shard its slice of the accumulated gradient and returns without waiting,
-        unless max_inflight rounds are already unacknowledged. With `and_pull` the shards reply
-        with their parameters after the push: returns that fetch, for `_install`."""
-        pieces = self.plan.split(self.flat.host_grads(self.acc))
-        t_issued = time.time()
-        # .remote() serialises each piece now, so the gradient buffer can be reused at once.
-        refs = [(shard.push_pull if and_pull else shard.push).remote(piece, versions[s], self.id)
-                for s, (shard, piece) in enumerate(zip(self.shards, pieces))]
-        self._inflight.append(refs)
+    def _push(self, versions: list[int], and_pull: bool) -> Optional[Fetch]:
+        """Sends the accumulated gradient and returns without waiting, unless max_inflight rounds
+        are already unacknowledged. With `and_pull`, returns the fetch the push replies with."""
+        fetch = self.client.push(self.flat.host_grads(self.acc), versions, self.id, and_pull)
         if self.acc is not self.flat.grads:
             self.acc.zero_()
-        while len(self._inflight) > self.c.max_inflight:
-            self._settle_oldest_push()
-        return (refs, t_issued) if and_pull else None
+        while self.client.inflight > self.c.max_inflight:
+            self._settle()
+        return fetch
 
-    def _settle_oldest_push(self) -> None:
+    def _settle(self) -> None:
         t0 = time.time()
-        replies = ray.get(self._inflight.popleft(), timeout=self.c.timeout_s)
-        results = [r.push if isinstance(r, PushPullReply) else r for r in replies]
-        self.counts["pushes"] += len(results)
-        self.counts["rejected"] += sum(not r.accepted for r in results)
+        self.client.settle_oldest()
         self.timers["push_wait"] += time.time() - t0
 
     # ---- called by the job on the actor's second thread -----------------------------------------
     def progress(self) -> dict:
         return {"replica": self.id, "step": self.step, "total_steps": self.total_steps,
-                "steps_per_epoch": self.steps_per_epoch}
+                "steps_per_epoch": self.steps_per_epoch,
+                "samples": self.step * self.c.batch_size, "t_first": self.t_first,
+                "t_last": self.t_end or time.time(), "running": self._started and not self._ended}
 
-    def reassign(self, part: tuple[int, int, int], total_steps: int) -> None:
-        """From the job's thread, when the job is scaled: train on `part` from the next batch on,
-        and end after `total_steps` steps in all."""
-        self.total_steps = total_steps
-        self._next_part = part
+    def reassign(self, part: tuple[int, int, int], total_steps: int) -> bool:
+        """When the job is scaled: train on `part` from the next batch on, and end after
+        `total_steps` steps in all. Returns False, changing nothing, if the loop has ended or is
+        ending (stopped, or at its last step's end): the caller must then give `part` to another."""
+        with self._lock:
+            if self._ended or self.stopping or self.step >= self.total_steps:
+                return False
+            self.total_steps, self._next_part = total_steps, part
+            return True
 
     def stop(self) -> None:
-        """Ends `run` after the current step; its pushes in flight still land."""
+        """Ends `run` after the current step; a partial n_push round is still pushed, and pushes
+        in flight still land."""
         self.stopping = True
 
     def drain_events(self) -> list[dict]:

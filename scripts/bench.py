@@ -47,7 +47,7 @@ SCALING_REPLICAS, SCALING_SHARDS, SCALING_TOTAL_STEPS = (1, 2, 4, 8), (1, 2, 4),
 # ---- downpour, through the same `train` the CLI runs ------------------------------------------
 
 def downpour_run(dataset_dir, model: str, replicas: int, shards: int, **settings) -> dict:
-    from ps.driver.job import train
+    from ps.driver.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(model=model, replicas=replicas, shards=shards, batch_size=BATCH,

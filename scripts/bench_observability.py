@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from ps.common.config import TrainConfig  # noqa: E402
-from ps.driver.job import train  # noqa: E402
+from ps.driver.train import train  # noqa: E402
 from ps.driver.ray_session import system_config  # noqa: E402
 
 

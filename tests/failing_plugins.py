@@ -6,3 +6,12 @@ def fail_at(ctx, version=30.0):
     if ctx.version == int(version):
         raise RuntimeError(f"injected failure at version {ctx.version}")
     return 1.0
+
+
+def reject_stale(ctx, max_tau=0.0):
+    """A gating rule: rejects every push staler than max_tau (for counting rejections)."""
+    from ps.server.rules import Decision
+
+    if ctx.tau > max_tau:
+        return Decision(0.0, accept=False, reason="stale")
+    return 1.0

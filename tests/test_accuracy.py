@@ -3,7 +3,7 @@
 import pytest
 
 from ps.common.config import TrainConfig
-from ps.driver.job import train
+from ps.driver.train import train
 
 pytestmark = pytest.mark.ray
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ps.common import schema
 from ps.common.config import TrainConfig, replica_settings
-from ps.driver.job import train
+from ps.driver.train import train
 from ps.obs import events
 from ps.server.optimizers import parse_optimizer
 from ps.server.shard import ParameterShard
@@ -125,3 +125,20 @@ def test_a_failing_run_ends_failed_with_its_summary_and_exit_status_1(ray_sessio
     pushes = [r for r in events.read_events(run_dir / schema.LOG_NAME) if r["kind"] == "push"]
     assert max(r["applied"] for r in pushes) >= 29  # the log kept what happened before the failure
     assert "failed" in capsys.readouterr().err
+    stats = {r["replica"]: r for r in summary["replica_stats"]}
+    assert sorted(stats) == [0, 1] and summary["train_samples"] == sum(r["samples"] for r in stats.values())
+    assert summary["train_samples"] > 0 and summary["samples_per_s"] > 0  # filled on a failure too
+
+
+@pytest.mark.parametrize("event_log", [True, False])
+def test_summary_counts_staleness_and_rejections_with_or_without_the_event_log(ray_session, tmp_path,
+                                                                                 event_log):
+    config = TrainConfig(dataset="synthetic", model="mlp", replicas=2, shards=2, steps=30,
+                         eval_every=0.0, lr_rule="failing_plugins:reject_stale:max_tau=0",
+                         event_log=event_log, run_dir=str(tmp_path / "run"))
+    _, summary = train(config)
+    assert summary["status"] == "completed"
+    applied, rejected = sum(summary["updates"]), summary["rejected_pushes"]
+    assert applied + rejected == 2 * 30 * 2  # every push of every replica to every shard, once
+    assert rejected > 0 and summary["rejected_by_reason"] == {"stale": rejected}
+    assert summary["staleness"]["count"] == applied and summary["staleness"]["max"] == 0

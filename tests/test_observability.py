@@ -20,7 +20,7 @@ START_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def running_job(ray_session, tmp_path_factory):
     """A job long enough to outlive the module's tests; stopped through its controller at the end."""
-    from ps.driver.job import train
+    from ps.driver.train import train
 
     run_dir = tmp_path_factory.mktemp("live") / "observed-run"  # a name no other test uses
     config = TrainConfig(dataset="synthetic", model="mlp", replicas=2, shards=2, steps=10**6,

@@ -1,8 +1,10 @@
-"""Just-in-time prefetch: the timing controller and the cancellable scheduled fetch."""
+"""Just-in-time prefetch: the timing controller, the cancellable scheduled fetch, and both in the
+replica loop (in-process shards, see test_replica)."""
 
 import threading
 
 import pytest
+from test_replica import make_replica
 
 from replicas.prefetch import MARGIN, JustInTime, ScheduledFetch
 
@@ -59,3 +61,16 @@ def test_take_after_the_timer_returns_its_result():
     scheduled = ScheduledFetch(lambda: fired.set() or "refs", delay=0.001)
     assert fired.wait(timeout=30)
     assert scheduled.take() == "refs"
+
+
+def test_in_the_loop_a_prefetch_serves_the_next_step_and_costs_at_most_one_version():
+    replica, client, shards = make_replica(prefetch=True, total_steps=6)
+    result = replica.run()
+    assert result["steps"] == 6 and [s.version for s in shards] == [6, 6]
+    assert len(replica.drain_events()) == 6  # one install a step, prefetched or carried by a push
+    # Step 0 has no measured compute, so its prefetch fires at once, before push 0: that push goes
+    # alone and push 1 misses it (tau 1). Later ones race the timer: tau 1 if it fired first, else 0.
+    assert client.pushes[0] == (0, False)
+    for shard in shards:
+        taus = [e["tau"] for e in shard.drain_events()]
+        assert taus[:2] == [0, 1] and set(taus) <= {0, 1}

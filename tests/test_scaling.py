@@ -1,5 +1,5 @@
 """Live scaling of a real job: 2 -> 4 -> 1 replicas through `downpour scale`, on the shared Ray.
-How the steps left are shared out is checked on `rescale_plan` itself."""
+How the steps left are shared out is checked on `rescale_plan` itself (test_budget.py)."""
 
 import threading
 
@@ -9,24 +9,14 @@ from tests_support import ProgressWatch
 from ps import cli
 from ps.common import schema
 from ps.common.config import TrainConfig
-from ps.driver.job import RescalePlan, rescale_plan
 from ps.obs import events
 
 pytestmark = pytest.mark.ray
 TIMEOUT_S = 180
 
 
-def test_rescale_plan_keeps_the_first_and_shares_out_the_rest():
-    assert rescale_plan([0, 1], 100, 4, 2) == RescalePlan([0, 1], [], [2, 3], 25)
-    assert rescale_plan([0, 1, 2, 3], 10, 1, 4) == RescalePlan([0], [1, 2, 3], [], 10)
-    assert rescale_plan([0, 2], 7, 2, 5) == "the job already has 2 replicas"
-    assert rescale_plan([0, 2], 7, 3, 5) == RescalePlan([0, 2], [], [5], 3)  # ceil(7 / 3)
-    assert "about to end" in rescale_plan([0], 1, 2, 1)
-    assert "1 or more" in rescale_plan([0], 100, 0, 1)
-
-
 def test_scale_a_running_job_up_then_down(ray_session, tmp_path, capsys):
-    from ps.driver.job import train
+    from ps.driver.train import train
 
     run_dir = tmp_path / "scaled-run"
     # A budget no run here reaches: the job ends by `downpour stop`, not by how fast it trains.

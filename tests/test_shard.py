@@ -173,3 +173,38 @@ def test_optimizer_parameters_reach_torch():
     shard.push(g, 0, 0)
     shard.push(g, 1, 0)
     np.testing.assert_array_equal(shard.pull()[1], np.full(SIZE, -(1 + 1.5), np.float32))
+
+
+@pytest.mark.parametrize("record_events", [True, False])
+def test_staleness_and_rejections_are_counted_with_or_without_the_event_log(record_events):
+    shard = ParameterShard(0, np.zeros(SIZE, np.float32), parse_optimizer("sgd"), 0.1, "constant",
+                           record_events=record_events)
+    g = np.ones(SIZE, np.float32)
+    for fetched in (0, 0, 1, 1):  # taus 0, 1, 1, 2
+        shard.push(g, fetched, replica_id=0)
+    shard.push(np.full(SIZE, np.nan, np.float32), shard.version, replica_id=1)
+    stats = shard.stats()
+    assert stats["tau_counts"] == {0: 1, 1: 2, 2: 1}
+    assert stats["rejected"] == {"nonfinite": 1} and stats["version"] == 4
+    assert len(shard.drain_events()) == (5 if record_events else 0)
+
+
+def test_replan_moves_the_end_of_the_schedule_from_here():
+    g = np.ones(SIZE, np.float32)
+
+    def run(replan_to):
+        shard = ParameterShard(0, np.zeros(SIZE, np.float32), parse_optimizer("sgd"), 1.0, "constant",
+                               lr_schedule="linear", planned_updates=4)
+        shard.push(g, 0, replica_id=0)
+        shard.push(g, 1, replica_id=0)
+        if replan_to is not None:
+            assert shard.replan(replan_to) == 2 + replan_to
+        steps = []
+        for _ in range(3):
+            before = shard.pull()[1][0]
+            shard.push(g, shard.version, replica_id=0)
+            steps.append(float(before - shard.pull()[1][0]))
+        return steps
+
+    assert run(None) == [0.5, 0.25, 0.0]  # linear over 4: progress 2/4, 3/4, then the end
+    assert run(6) == pytest.approx([1 - 2 / 8, 1 - 3 / 8, 1 - 4 / 8])  # now 8 planned in all

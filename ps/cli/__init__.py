@@ -56,7 +56,7 @@ def handle_train(args) -> int:
     config = cfg.from_mapping(values, source)
     if config.address:
         use_token_auth()
-    from ps.driver.job import (
+    from ps.driver.train import (
         train,  # imports torch and ray: after the checks, and keeps --help fast
     )
 

@@ -29,6 +29,7 @@ class ParameterShard:
         self.schedule, self.planned_updates = get_schedule(lr_schedule), max(1, planned_updates)
         self.version = 0        # number of updates applied so far
         self._tau_sum = 0       # over accepted pushes, for the running mean a rule may use
+        self.tau_counts = Counter()  # tau -> accepted pushes: the summary's staleness, log or no log
         self.rejected = Counter()  # reason -> count
         self._events: list = []    # push event tuples since the last drain (see ps.common.schema)
         self.record_events = record_events
@@ -67,6 +68,7 @@ class ParameterShard:
         self.optimizer.step(grad, scale * self.schedule(self.version / self.planned_updates))
         self.version += 1
         self._tau_sum += tau
+        self.tau_counts[tau] += 1
         if self.metrics:
             self.metrics.accepted(tau)
         return PushResult(True, tau, scale)
@@ -99,7 +101,15 @@ class ParameterShard:
     def stats(self) -> dict:
         """Admin verb, cheap and non-mutating: version, counts and sizes for progress and summaries."""
         return {"shard": self.shard_id, "version": self.version, "size": self.size,
-                "rejected": dict(self.rejected), "optimizer_state_bytes": self.optimizer.state_bytes()}
+                "rejected": dict(self.rejected), "tau_counts": dict(self.tau_counts),
+                "planned_updates": self.planned_updates,
+                "optimizer_state_bytes": self.optimizer.state_bytes()}
+
+    def replan(self, updates_left: int) -> int:
+        """Admin verb, when the job is scaled: the schedule now ends `updates_left` updates from
+        here (its progress so far stands). Returns the new planned total."""
+        self.planned_updates = max(1, self.version + max(0, int(updates_left)))
+        return self.planned_updates
 
     def drain_events(self) -> list[dict]:
         """Push events since the last call, as event-log records; the job calls this about once a

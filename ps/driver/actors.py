@@ -1,0 +1,175 @@
+"""The job's actors: placement groups reserved for them, then the controller, shards, replicas and
+evaluator created in those groups, named, and waited for.
+
+Placement is checked twice. `placement.plan_resources` does the fast arithmetic before Ray is
+asked for anything (cluster totals, and each role on its own against each node), so the common
+mistakes get an exact message at once. Then Ray's placement groups reserve every actor's
+resources, both roles together, before any actor starts: what Ray cannot place (roles competing
+for one node, a resource that is free in total but on no single node) fails here, with nothing
+started, instead of leaving an actor waiting forever. Actors that ask for no resources at all
+need no reservation (Ray refuses empty bundles).
+"""
+
+import time
+from typing import Optional
+
+import ray
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ps.common.config import replica_settings
+from ps.common.errors import UserError
+from ps.driver import ray_session as cluster
+from ps.driver.controller import NAMESPACE, JobController
+from ps.driver.placement import Placement
+from ps.driver.prepare import Prepared
+from ps.server.shard import ParameterShard
+from replicas.evaluator import Evaluator
+from replicas.replica import ModelReplica
+
+PLACE_POLL_S = 0.2  # how often a pending reservation is asked whether Ray finds it infeasible
+
+
+class Reservation:
+    """One placement group of identical bundles, or none when the bundles would be empty."""
+
+    def __init__(self, group=None):
+        self.group = group
+
+    def options(self, bundle: int) -> dict:
+        if self.group is None:
+            return {}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.group, bundle)}
+
+    def release(self) -> None:
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None
+
+
+def reserve(role: str, count: int, bundle: dict, strategy: str, timeout_s: float) -> Reservation:
+    """Reserves `count` bundles or raises UserError saying why Ray cannot place them."""
+    bundle = {k: v for k, v in bundle.items() if v}
+    if not count or not bundle:
+        return Reservation()
+    group = placement_group([bundle] * count, strategy=strategy)
+    deadline = time.monotonic() + timeout_s
+    while not group.wait(timeout_seconds=PLACE_POLL_S):
+        state = (placement_group_table(group).get("stats") or {}).get("scheduling_state")
+        if state == "INFEASIBLE" or time.monotonic() >= deadline:
+            remove_placement_group(group)
+            shown = ", ".join(f"{k}={v:g}" for k, v in sorted(bundle.items()))
+            why = "no node can hold them" if state == "INFEASIBLE" else f"not placed within {timeout_s:g} s"
+            raise UserError(f"{count} {role}s asking for {{{shown}}} each cannot be placed ({why}); "
+                            f"`ray status` shows what is free: ask for less per {role}, use fewer "
+                            f"{role}s, or add nodes")
+    return Reservation(group)
+
+
+def replica_bundle(place: Placement) -> dict:
+    return {"CPU": place.replica_cpus, "GPU": place.replica_gpus, **place.replica_custom}
+
+
+def reserve_job(c, place: Placement) -> tuple[Reservation, Reservation]:
+    """The shards' group (spread or packed, as --placement says), then the replicas' (spread)."""
+    shards = reserve("shard", c.shards, {"CPU": place.shard_cpus, **place.shard_custom},
+                     "SPREAD" if place.shard_strategy == "SPREAD" else "PACK", c.timeout_s)
+    try:
+        return shards, reserve("replica", c.replicas, replica_bundle(place), "SPREAD", c.timeout_s)
+    except UserError:
+        shards.release()
+        raise
+
+
+class Fleet:
+    """Creates and holds the job's actors; replicas are indexed by id and never reused."""
+
+    def __init__(self, prepared: Prepared, place: Placement, rooms: tuple[Reservation, Reservation],
+                 name: str, run_dir: str):
+        """`rooms`: from `reserve_job`, for the shards and the replicas."""
+        self.p, self.c, self.place = prepared, prepared.config, place
+        self.name, self.run_dir = name, run_dir
+        self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
+        self.reservations: list[Reservation] = list(rooms)
+        self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
+
+    def start(self) -> None:
+        """Reserves, creates and waits for every actor: within timeout_s, or raises."""
+        c, (shard_room, replica_room) = self.c, self.reservations
+        self.name = _free_name(self.name)  # named, so `downpour top/stop/scale` find the job
+        self.controller = ray.remote(JobController).options(
+            name=self.name, namespace=NAMESPACE, num_cpus=0,
+            scheduling_strategy=cluster.on_this_node()).remote(self.name, self.run_dir)
+        self.shards = [self._new_shard(s, piece, shard_room.options(s))
+                       for s, piece in enumerate(self.p.plan.split(self.p.initial))]
+        data = self.p.dataset
+        self._train = ray.put(data.train_images), ray.put(data.train_labels)
+        self.replicas = [self._new_replica(r, replica_room.options(r)) for r in range(c.replicas)]
+        self.evaluator = ray.remote(Evaluator).options(
+            num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(
+            c.model, c.seed, self.p.plan, self.shards, data.test_images, data.test_labels, c.timeout_s)
+        self._wait_ready(self.shards + self.replicas + [self.evaluator, self.controller])
+        self.nodes = {"driver": ray.get_runtime_context().get_node_id(),
+                      "shards": _node_ids(self.shards), "replicas": _node_ids(self.replicas)}
+
+    def add_replicas(self, parts: list[tuple[int, tuple]], total_steps: int, timeout_s: float) -> list:
+        """New replicas (id, part), each doing `total_steps`; placed first, so a request the cluster
+        cannot meet raises UserError with nothing started."""
+        room = reserve("replica", len(parts), replica_bundle(self.place), "SPREAD", timeout_s)
+        self.reservations.append(room)
+        added = []
+        for k, (replica_id, part) in enumerate(parts):
+            assert replica_id == len(self.replicas), "replica ids are handed out in order"
+            self.replicas.append(self._new_replica(replica_id, room.options(k), part, total_steps))
+            added.append(self.replicas[-1])
+        self._wait_ready(added)
+        self.nodes["replicas"] += _node_ids(added)
+        return added
+
+    def kill(self) -> None:
+        for actor in self.shards + self.replicas + [a for a in (self.evaluator, self.controller) if a]:
+            ray.kill(actor)
+        for room in self.reservations:
+            room.release()
+
+    def _new_shard(self, shard_id, piece, options):
+        c = self.c
+        opts = {**self.place.shard_options(), **options}
+        return ray.remote(ParameterShard).options(**opts).remote(
+            shard_id, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
+            self.p.budget.planned_updates, self.name if c.metrics else None, c.event_log)
+
+    def _new_replica(self, replica_id, options, part=None, total_steps=None):
+        cls = ray.remote(ModelReplica).options(**self.place.replica_options(), **options,
+                                               max_concurrency=2)
+        return cls.remote(replica_id, replica_settings(self.c), self.p.plan, self.shards, *self._train,
+                          self.place.threads, part, total_steps)
+
+    def _wait_ready(self, actors: list) -> None:
+        """Reserved actors start at once unless a constructor raises (it fails here, with its
+        error) or a node is too slow; timeout_s bounds the wait."""
+        ready, _ = ray.wait([a.__ray_ready__.remote() for a in actors], num_returns=len(actors),
+                            timeout=self.c.timeout_s)
+        ray.get(ready)
+        if len(ready) < len(actors):
+            raise TimeoutError(f"{len(actors) - len(ready)} of {len(actors)} actors did not start "
+                               f"within {self.c.timeout_s:g} s")
+
+
+def _node_ids(actors: list) -> list[Optional[str]]:
+    """The Ray node each actor runs on, asked of the actor itself."""
+    return ray.get([a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+                    for a in actors])
+
+
+def _free_name(name: str) -> str:
+    """The run directory's name, or name-2, name-3...: two live jobs (in folders of the same name)
+    must not share a controller name or a metrics tag."""
+    candidate, n = name, 1
+    while True:
+        try:
+            ray.get_actor(candidate, namespace=NAMESPACE)
+        except ValueError:
+            return candidate
+        n += 1
+        candidate = f"{name}-{n}"

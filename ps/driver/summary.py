@@ -1,0 +1,85 @@
+"""What a run's summary.json says, from the shards' own counters and the replicas' progress.
+
+Staleness and rejections come from the shards' counters (`ParameterShard.stats`), so they are the
+same with or without the event log; only fetch statistics need the log's fetch records.
+"""
+
+from typing import Optional
+
+import numpy as np
+
+from ps.common.config import TrainConfig
+from ps.obs.staleness import summarize
+
+EVAL_KEYS = ("epochs", "accuracy", "loss", "versions", "pulled_at")
+
+
+class RunStats:
+    """Collects, while the job runs, what the summary reports."""
+
+    def __init__(self, shards: int):
+        self.shard_stats: list[Optional[dict]] = [None] * shards  # the latest answer of each shard
+        self.replicas: dict[int, dict] = {}  # id -> latest progress(), then its run's result
+        self.fetch_spreads: list[int] = []
+        self.evals: list[dict] = []
+
+    def ingest(self, records: list[dict]) -> None:
+        self.fetch_spreads += [r["spread"] for r in records if r["kind"] == "fetch"]
+
+    def update_shards(self, stats: list[dict]) -> None:
+        self.shard_stats = list(stats)
+
+    def update_replica(self, row: dict, final: bool = False) -> None:
+        """A progress() row, or (final) a run's result, which later progress never overwrites."""
+        current = self.replicas.get(row["replica"])
+        if final or current is None or not current.get("final"):
+            self.replicas[row["replica"]] = {**row, "final": final}
+
+    def samples(self) -> tuple[int, Optional[float]]:
+        """Samples trained by every replica so far, and the seconds from the first to the last step."""
+        rows = list(self.replicas.values())
+        started = [r for r in rows if r.get("t_first") is not None]
+        span = (max(r["t_last"] for r in started) - min(r["t_first"] for r in started)) if started else None
+        return sum(r["samples"] for r in rows), span
+
+    def summary(self, c: TrainConfig, head: dict, final: dict, wall_time_s: float,
+                event_log: bool) -> dict:
+        """`head`: run, status, error, stop_reason, nodes."""
+        samples, train_s = self.samples()
+        known = [s for s in self.shard_stats if s is not None]
+        per_shard = [_taus(s) for s in self.shard_stats]
+        spreads = np.asarray(self.fetch_spreads, dtype=np.int64)
+        return {
+            **{k: head[k] for k in ("run", "status", "error", "stop_reason")}, "dry_run": c.dry_run,
+            "test_accuracy": final.get("accuracy"), "test_loss": final.get("loss"),
+            "test_samples": final.get("test_samples"), "test_versions": final.get("versions"),
+            "wall_time_s": round(wall_time_s, 3), "train_time_s": train_s and round(train_s, 3),
+            "train_samples": samples, "samples_per_s": round(samples / train_s, 1) if train_s else None,
+            "replicas": c.replicas, "shards": c.shards, "model": c.model, "dataset": c.dataset,
+            "updates": [s["version"] if s else None for s in self.shard_stats] if known else None,
+            "nodes": head["nodes"],
+            "rejected_pushes": sum(sum(s["rejected"].values()) for s in known),
+            "rejected_by_reason": _merge([s["rejected"] for s in known]),
+            "staleness": {**summarize(np.concatenate(per_shard)), "per_shard": [summarize(t) for t in per_shard]},
+            "fetches": {"count": int(spreads.size), "mixed_versions": int((spreads > 0).sum()),
+                        "max_spread": int(spreads.max()) if spreads.size else None} if event_log else None,
+            "evaluations": [{k: e[k] for k in EVAL_KEYS} for e in self.evals],
+            "replica_stats": [{k: v for k, v in r.items() if k != "final"}
+                              for _, r in sorted(self.replicas.items())],
+        }
+
+
+def _taus(stats: Optional[dict]) -> np.ndarray:
+    """The accepted pushes' tau values of one shard, from its histogram."""
+    if not stats or not stats["tau_counts"]:
+        return np.zeros(0, dtype=np.int64)
+    taus, counts = zip(*sorted(stats["tau_counts"].items()))
+    return np.repeat(np.asarray(taus, dtype=np.int64), counts)
+
+
+def _merge(counters: list[dict]) -> dict:
+    total: dict = {}
+    for counter in counters:
+        for reason, n in counter.items():
+            total[reason] = total.get(reason, 0) + n
+    return total

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from ps.common.config import TrainConfig  # noqa: E402
-from ps.driver.train import train  # noqa: E402
 from ps.driver.ray_session import system_config  # noqa: E402
+from ps.driver.train import train  # noqa: E402
 
 
 def one_run(config: TrainConfig, observed: bool, root: Path, index: int) -> float:

@@ -35,8 +35,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def fashion_dir() -> Path:
-    """The real Fashion-MNIST files: DOWNPOUR_DATA (CI sets it), else the shared copy beside the repo."""
-    path = Path(os.environ.get("DOWNPOUR_DATA") or SHARED_DATA)
-    if not path.is_dir():
-        pytest.skip("Fashion-MNIST not found: set DOWNPOUR_DATA to the folder of its four IDX files")
-    return path
+    """The real Fashion-MNIST files, found as `downpour train` finds them without --data-dir
+    (DOWNPOUR_DATA, which CI sets, then the cache and Debian's folder), never downloaded; else
+    the shared copy beside the repo; else the real-data tests skip."""
+    from replicas.data import DataError
+    from replicas.fashion_mnist import find_fashion_mnist
+
+    try:
+        return find_fashion_mnist(download=False)
+    except DataError as exc:
+        if os.environ.get("DOWNPOUR_DATA") or not SHARED_DATA.is_dir():
+            pytest.skip(f"{exc}")
+    try:
+        return find_fashion_mnist(SHARED_DATA, download=False)
+    except DataError as exc:
+        pytest.skip(f"{exc}")

@@ -155,6 +155,63 @@ def test_console_script_plan_prints_one_row_per_shard_and_imbalance(tmp_path):
     assert len(imbalance) == 1 and 1.0 <= float(imbalance[0].split()[-1]) < 1.5
 
 
+def test_run_folder_label_has_no_colon_or_slash(tmp_path):
+    from ps.common import rundir
+
+    path = rundir.create(None, "my_models.nets:wide/v2-r4s2", root=str(tmp_path))
+    assert path.parent == tmp_path and path.name.endswith("-my_models.nets_wide_v2-r4s2")
+    assert ":" not in path.name and rundir.safe_label("a::b//c") == "a_b_c"
+
+
+def test_obs_imports_only_common_never_driver_cli_or_ray():
+    """ps.obs reads run directories and event logs: the layer below the driver and the CLI."""
+    import ast
+
+    bad = []
+    for module in sorted((Path(__file__).resolve().parents[1] / "ps" / "obs").glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{module.name}: {n}" for n in names
+                    if n.split(".")[0] == "ray" or n.startswith(("ps.driver", "ps.cli", "ps.server"))]
+    assert bad == []
+
+
+def _staleness_run(tmp_path) -> Path:
+    from ps.common import schema
+    from ps.obs import events
+
+    log = events.EventLog(tmp_path / schema.LOG_NAME)
+    log.append([schema.header_record(1000.0, 2, 2, [100, 50])])
+    log.append([schema.push_record(i % 2, 1000.0 + i, i % 2, 10, 10 + i % 5, i % 5, 1.0, True, None, 1.0)
+                for i in range(200)])
+    log.close()
+    return tmp_path
+
+
+def test_console_script_staleness_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`downpour staleness RUN | head`: the reader has gone before anything is written."""
+    import os
+
+    run = _staleness_run(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write fails with EPIPE, whatever the timing
+    try:
+        proc = subprocess.run([str(DOWNPOUR), "staleness", str(run), "--by", "replica"], cwd=tmp_path,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
+
+
+def test_eval_on_a_bad_run_dir_exits_2_with_one_line(tmp, capsys):
+    for target, words in ((tmp / "missing", "does not exist"), (tmp / "empty", "holds no model.pt")):
+        assert main(["eval", str(target)]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("downpour: error: ") and words in lines[0], lines
+
+
 # Ray-using tests stay last: the error tests above assert that Ray was never initialised.
 
 @pytest.mark.ray

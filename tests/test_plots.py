@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,10 +153,80 @@ def test_stat_per_bin_uses_nearest_rank_percentiles():
     assert plots.rate_per_bin([1, 2, 3, 6], edges, weight=10).tolist() == [6.0, 2.0]
 
 
-def test_missing_matplotlib_is_a_user_error_naming_the_extra(monkeypatch):
+def test_missing_matplotlib_is_a_user_error_saying_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(UserError, match=r"downpour\[plot\]"):
+    with pytest.raises(UserError, match=r"pip install 'matplotlib>=3.7'"):
         plots.require_matplotlib()
+
+
+def test_matplotlib_is_a_dependency_not_an_extra():
+    """`pip install torch==2.13.0 -e .` (the README's command 1) must bring what `downpour report` needs."""
+    from setuptools.config.setupcfg import read_configuration
+
+    options = read_configuration(Path(__file__).resolve().parents[1] / "setup.cfg")["options"]
+    assert any(r.startswith("matplotlib") for r in options["install_requires"])
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures `plots.save` was given, kept open for inspection, then closed."""
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or Path(path))
+    yield figures
+    import matplotlib.pyplot as pyplot
+    for fig in figures:
+        pyplot.close(fig)
+
+
+def heat_maps(fig) -> list:
+    """The axes of a figure that hold a heat map (a pcolormesh)."""
+    from matplotlib.collections import QuadMesh
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"
+            and any(isinstance(c, QuadMesh) for c in ax.collections)]
+
+
+def test_staleness_by_replica_draws_one_heat_map_row_per_replica(tmp_path, plt, drawn):
+    records = full_stream() + [push(31.0, 0, 2, 1)]  # a third replica, one push
+    plots.staleness_png(logged(tmp_path, records), "replica", tmp_path / "s.png")
+    rows = heat_maps(drawn[0])
+    assert len(rows) == 3
+    assert [ax.get_ylabel().split("\n")[0] for ax in rows] == ["replica 0", "replica 1", "replica 2"]
+    # each row counts only its own replica's accepted pushes: 60 per replica (2 shards x 30), then 1
+    counts = [int(ax.collections[0].get_array().sum()) for ax in rows]
+    assert counts == [60, 60, 1]
+
+
+def test_report_staleness_by_replica_is_split_by_replica(tmp_path, plt, drawn):
+    from ps.obs import report
+
+    report.draw_figures(logged(tmp_path, full_stream()), tmp_path, None)
+    by_replica = [f for f in drawn if f.get_suptitle() == "staleness by replica"]
+    assert len(by_replica) == 1 and len(heat_maps(by_replica[0])) == 2
+
+
+def test_a_window_heat_map_shows_the_window_times(tmp_path, plt, drawn):
+    records = logged(tmp_path, full_stream())
+    plots.staleness_png(records, "shard", tmp_path / "s.png", window=(10.0, 20.0))
+    rows = heat_maps(drawn[0])
+    assert all(ax.get_xlim() == (10.0, 20.0) for ax in rows)
+    assert rows[-1].get_xlabel() == "time since start (s)"
+    # only pushes in [10, 20) s: 20 pushes per shard (one every 0.5 s)
+    assert [int(ax.collections[0].get_array().sum()) for ax in rows] == [20, 20]
+
+
+def test_the_cli_window_png_keeps_the_run_clock(tmp_path, plt, drawn, capsys):
+    from ps.cli import main
+
+    logged(tmp_path, full_stream())
+    assert main(["staleness", str(tmp_path), "--window", "10:", "--png", str(tmp_path / "w.png")]) == 0
+    rows = heat_maps(drawn[0])
+    assert rows[0].get_xlim()[0] == 10.0 and rows[0].get_xlim()[1] == pytest.approx(31.0)
+
+
+def test_a_window_without_pushes_is_refused_naming_the_span(tmp_path, plt):
+    with pytest.raises(UserError, match="between 100 and 200 s"):
+        plots.staleness_png(logged(tmp_path, full_stream()), "shard", tmp_path / "s.png",
+                            window=(100.0, 200.0))
 
 
 def test_the_modules_import_without_matplotlib_torch_or_ray():

@@ -225,9 +225,9 @@ def _controller(address: str, target: str):
     """(name, handle) of the job's controller on the cluster at a Ray address."""
     import ray
 
+    from ps.cli.cluster_watch import find_job
     from ps.driver import ray_session as cluster
     from ps.driver.controller import NAMESPACE
-    from ps.obs.top import find_job
 
     started = cluster.connect(address)
     try:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,12 +13,19 @@ from ps.common.errors import UserError
 from ps.common.schema import LOG_NAME
 
 CONFIG_NAME, SUMMARY_NAME, MODEL_NAME = "config.yaml", "summary.json", "model.pt"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # a colon breaks scp and PATH-like lists; a slash nests
+
+
+def safe_label(label: str) -> str:
+    """A run folder's label with every run of characters outside [A-Za-z0-9._+-] turned into one "_":
+    `--model my_models.nets:wide` names runs `...-my_models.nets_wide-r4s2`."""
+    return _UNSAFE.sub("_", label).strip("_.") or "run"
 
 
 def create(run_dir: Optional[str], label: str, root: str = "runs") -> Path:
     """Makes the folder; refuses one that already holds a run, so no result is ever overwritten."""
     if run_dir is None:
-        base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+        base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_label(label)}"
         path, n = base, 1
         while path.exists():
             path, n = Path(f"{base}-{n}"), n + 1

@@ -7,75 +7,44 @@ A panel without data shows a sentence saying so, never an empty frame.
 """
 
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
 from ps.common.errors import UserError
+from ps.obs.records import (  # noqa: F401  (report and tests reach them as plots.*)
+    TIME_BINS,
+    active_rate,
+    header_of,
+    nearest_rank,
+    of_kind,
+    push_times,
+    rate_per_bin,
+    run_clock,
+    samples_per_push,
+    stat_per_bin,
+    time_edges,
+)
 
 FIGSIZE = (12, 4.5)  # inches; at DPI this is 1200x450 px
 DPI = 100
-TIME_BINS = 60
 GROUPINGS = ("shard", "replica")
 UPDATES_LABEL = "updates (sum of shard versions)"
 
 
 def require_matplotlib():
-    """pyplot on the Agg backend (files only, no display needed), or a UserError naming the extra."""
+    """pyplot on the Agg backend (files only, no display needed), or a UserError saying how to get it."""
     try:
         import matplotlib
-    except ImportError:
-        raise UserError("plotting needs matplotlib: pip install 'downpour[plot]'") from None
+    except ImportError:  # a dependency of downpour since 0.1: only a broken install lacks it
+        raise UserError("plotting needs matplotlib, a dependency of downpour missing here: "
+                        "pip install 'matplotlib>=3.7' (or 'downpour[plot]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
 # --- records and time ---------------------------------------------------------------------------
-
-def of_kind(records: Iterable[dict], kind: str) -> list[dict]:
-    """Records of one kind; kinds this module does not know are ignored everywhere."""
-    return [r for r in records if r.get("kind") == kind]
-
-
-def header_of(records: list[dict]) -> dict:
-    headers = of_kind(records, "header")
-    return headers[0] if headers else {}
-
-
-def run_clock(records: list[dict]) -> tuple[float, float]:
-    """(start, span): the header's time, and seconds from it to the last record of any kind."""
-    times = [r["t"] for r in records if isinstance(r.get("t"), (int, float))]
-    start = header_of(records).get("t", min(times, default=0.0))
-    span = max(times, default=start) - start
-    return start, max(span, 1e-3)  # a run whose records share one time still gets a drawable axis
-
-
-def time_edges(span: float, bins: int = TIME_BINS) -> np.ndarray:
-    return np.linspace(0.0, span, bins + 1)
-
-
-def rate_per_bin(times, edges: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    """Events (times `weight`) per second in each time bin."""
-    counts, _ = np.histogram(np.asarray(times, dtype=float), bins=edges)
-    return counts * weight / np.diff(edges)
-
-
-def stat_per_bin(times, values, edges: np.ndarray,
-                 stat: Callable[[np.ndarray], float]) -> tuple[np.ndarray, np.ndarray]:
-    """(bin centres, stat of the values in each bin) for the bins holding any value."""
-    times, values = np.asarray(times, dtype=float), np.asarray(values)
-    index = np.clip(np.digitize(times, edges) - 1, 0, len(edges) - 2)
-    centres, stats = [], []
-    for b in np.unique(index):
-        centres.append((edges[b] + edges[b + 1]) / 2)
-        stats.append(stat(values[index == b]))
-    return np.asarray(centres), np.asarray(stats)
-
-
-def nearest_rank(p: float) -> Callable[[np.ndarray], float]:
-    """The same percentile as ps.staleness (an observed value, not an interpolation)."""
-    return lambda values: float(np.percentile(values, p, method="inverted_cdf"))
 
 
 # --- figure plumbing ----------------------------------------------------------------------------
@@ -120,26 +89,54 @@ def integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def seconds_axis(ax, span: float) -> None:
-    ax.set_xlim(0, span)
+def seconds_axis(ax, span: float, start: float = 0.0) -> None:
+    """x from `start` to `span`, seconds since the run started (a window keeps its own times)."""
+    ax.set_xlim(start, span)
     ax.set_xlabel("time since start (s)")
 
 
 # --- staleness ----------------------------------------------------------------------------------
 
-def staleness_png(records: Iterable[dict], by: str, path, title: Optional[str] = None) -> Path:
-    """Left: tau histogram of accepted pushes per shard or replica; right: tau over time."""
+def staleness_png(records: Iterable[dict], by: str, path, title: Optional[str] = None,
+                  window: Optional[tuple] = None) -> Path:
+    """Left: tau histogram of accepted pushes per shard or replica; right: tau over time as a heat
+    map, one row per shard or replica. `window` (start, end), seconds since the run started,
+    either None for open: only the pushes in [start, end), and the time axis shows that span."""
     if by not in GROUPINGS:
         raise UserError(f"staleness plots group by {' or '.join(GROUPINGS)}, not {by!r}")
     records = list(records)
-    pushes = [r for r in of_kind(records, "push") if r.get("accepted")]
-    if not pushes:
-        raise UserError(f"no accepted pushes to plot in {path}: the log holds no applied update")
     start, span = run_clock(records)
-    fig, (left, right) = new_figure(title or f"staleness by {by}")
+    lo, hi = window_span(window, span)
+    end = hi if window and window[1] is not None else np.inf  # open: up to the last push, included
+    pushes = [r for r in of_kind(records, "push") if r.get("accepted") and lo <= r["t"] - start < end]
+    if not pushes:
+        where = f"between {lo:g} and {hi:g} s" if window else "in the log"
+        raise UserError(f"no accepted pushes to plot in {path} {where}: nothing was applied there")
+    groups = sorted({r[by] for r in pushes})
+    fig, left, rows = staleness_axes(title or f"staleness by {by}", len(groups))
     tau_histogram(left, pushes, by)
-    tau_heat_map(fig, right, pushes, start, span)
+    tau_heat_maps(fig, rows, pushes, by, groups, start, (lo, hi))
     return save(fig, path)
+
+
+def window_span(window: Optional[tuple], span: float) -> tuple[float, float]:
+    """The time axis (seconds since start) of a window, the whole run where a side is open."""
+    lo, hi = window or (None, None)
+    lo = 0.0 if lo is None else float(lo)
+    hi = max(span, lo + 1e-3) if hi is None else float(hi)
+    return lo, hi
+
+
+def staleness_axes(title: str, rows: int):
+    """The histogram on the left half; on the right, `rows` heat maps stacked on one time axis."""
+    plt = require_matplotlib()
+    fig = plt.figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig.suptitle(title)
+    grid = fig.add_gridspec(rows, 2)
+    left = fig.add_subplot(grid[:, 0])
+    first = fig.add_subplot(grid[0, 1])
+    return fig, left, [first] + [fig.add_subplot(grid[i, 1], sharex=first, sharey=first)
+                                 for i in range(1, rows)]
 
 
 def tau_histogram(ax, pushes: list[dict], by: str) -> None:
@@ -162,26 +159,33 @@ def tau_histogram(ax, pushes: list[dict], by: str) -> None:
     ax.legend(fontsize="small", ncol=max(1, len(groups) // 8))
 
 
-def tau_heat_map(fig, ax, pushes: list[dict], start: float, span: float) -> None:
-    """Pushes per (time bin, tau) on a log colour scale, so a rare large tau stays visible."""
+def tau_heat_maps(fig, rows: list, pushes: list[dict], by: str, groups: list[int], start: float,
+                  axis: tuple[float, float]) -> None:
+    """Per group, pushes per (time bin, tau) on one log colour scale, so a rare large tau stays
+    visible and rows compare; the p50 and p99 of each bin drawn over it."""
     from matplotlib.colors import LogNorm
-    times = np.array([r["t"] - start for r in pushes])
-    taus = np.array([r["tau"] for r in pushes])
-    edges = time_edges(span)
-    tau_edges = np.arange(taus.max() + 2) - 0.5
-    counts, _, _ = np.histogram2d(times, taus, bins=(edges, tau_edges))
-    masked = np.ma.masked_equal(counts.T, 0)  # empty cells stay background, not the lowest colour
-    mesh = ax.pcolormesh(edges, tau_edges, masked, norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)),
-                         cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label="pushes")
-    for p, style in ((50, "-"), (99, "--")):
-        centres, values = stat_per_bin(times, taus, edges, nearest_rank(p))
-        ax.plot(centres, values, style, color="tab:red", label=f"p{p}")
-    seconds_axis(ax, span)
-    ax.set_ylabel("tau (updates)")
-    integer_ticks(ax.yaxis)
-    ax.set_title("staleness over time")
-    ax.legend(fontsize="small", loc="upper left")
+    edges = np.linspace(*axis, TIME_BINS + 1)
+    tau_edges = np.arange(max(r["tau"] for r in pushes) + 2) - 0.5
+    cells = {}
+    for key in groups:
+        mine = [r for r in pushes if r[by] == key]
+        times, taus = np.array([r["t"] - start for r in mine]), np.array([r["tau"] for r in mine])
+        cells[key] = times, taus, np.histogram2d(times, taus, bins=(edges, tau_edges))[0]
+    norm = LogNorm(vmin=1, vmax=max(max(c.max() for *_, c in cells.values()), 2))
+    for ax, key in zip(rows, groups):
+        times, taus, counts = cells[key]
+        masked = np.ma.masked_equal(counts.T, 0)  # empty cells stay background, not the lowest colour
+        mesh = ax.pcolormesh(edges, tau_edges, masked, norm=norm, cmap="viridis")
+        for p, style in ((50, "-"), (99, "--")):
+            centres, values = stat_per_bin(times, taus, edges, nearest_rank(p))
+            ax.plot(centres, values, style, color="tab:red", label=f"p{p}")
+        ax.set_ylabel(f"{by} {key}\ntau", fontsize="small")
+        integer_ticks(ax.yaxis)
+        ax.tick_params(labelbottom=ax is rows[-1])  # time ticks on the bottom row only
+    seconds_axis(rows[-1], axis[1], axis[0])
+    rows[0].set_title("staleness over time")
+    rows[0].legend(fontsize="x-small", loc="upper left")
+    fig.colorbar(mesh, ax=rows, label="pushes")
 
 
 # --- evaluations --------------------------------------------------------------------------------
@@ -250,11 +254,6 @@ def spread_png(records: Iterable[dict], path) -> Path:
 
 # --- throughput ---------------------------------------------------------------------------------
 
-def samples_per_push(header: dict) -> Optional[int]:
-    """n_push x batch_size when the header says both; older logs do not."""
-    batch, n_push = header.get("batch_size"), header.get("n_push")
-    return batch * n_push if batch and n_push else None
-
 
 def throughput_png(records: Iterable[dict], path, per_push: Optional[int] = None) -> Path:
     """Per-replica samples/s from the pushes each replica sent to shard 0 (one per n_push steps).
@@ -291,22 +290,6 @@ def rate_bars(ax, rates: dict[int, Optional[float]]) -> None:
             ax.text(label, 0, "one push:\nno rate", ha="center", va="bottom", fontsize="small")
     ax.set_xlabel("replica")
     ax.set_ylim(bottom=0)
-
-
-def push_times(records: list[dict], key: str, shard: Optional[int] = None) -> dict[int, list[float]]:
-    """Times of pushes grouped by record[key] (keys sorted), optionally only those to one shard."""
-    groups: dict[int, list[float]] = {}
-    for r in of_kind(records, "push"):
-        if shard is None or r["shard"] == shard:
-            groups.setdefault(r[key], []).append(r["t"])
-    return {k: groups[k] for k in sorted(groups)}
-
-
-def active_rate(times: list[float], per_event: float = 1.0) -> Optional[float]:
-    """Events after the first over the time from first to last: the first only marks the start."""
-    if len(times) < 2 or max(times) == min(times):
-        return None if len(times) < 2 else 0.0
-    return (len(times) - 1) * per_event / (max(times) - min(times))
 
 
 # --- shards -------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""`downpour top`: a live terminal view of a running job, redrawn about once a second.
+"""`downpour top RUN_DIR`: a live terminal view of a run from its event log, redrawn about once a second.
 
-Two sources, the same frame: a run directory (the event log the job appends to once a second;
-no Ray needed, works for local runs and after the end), or a cluster (`--address`), where the
-job's named controller holds the snapshot its driver publishes.
+No Ray needed: it works for local runs and after the end. The cluster source (`--address`, the
+job's named controller) is ps.cli.cluster_watch, which draws the same frame on the same Screen.
 """
 
 import sys
@@ -60,59 +59,11 @@ def watch_run_dir(path: Path, interval_s: float, max_frames: Optional[int], out:
         time.sleep(interval_s)  # the refresh rhythm of a live view
 
 
-def watch_cluster(address: str, run: Optional[str], interval_s: float, max_frames: Optional[int],
-                  out: TextIO) -> int:
-    """Reads the snapshot a job's driver publishes to its named controller, until the job ends."""
-    import ray
-
-    from ps.driver import ray_session as cluster
-    from ps.driver.controller import NAMESPACE
-
-    started = cluster.connect(address)
-    try:
-        controller, screen = ray.get_actor(find_job(run), namespace=NAMESPACE), Screen(out)
-        while True:
-            try:
-                state = ray.get(controller.snapshot.remote(), timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                print("downpour top: the job has ended", file=out)
-                return 0
-            if state["live"] is not None:
-                screen.draw(render(state["live"], f"downpour top  {state['run']}  [running]"))
-            if max_frames and screen.frames >= max_frames:
-                return 0
-            time.sleep(interval_s)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def find_job(run: Optional[str]) -> str:
-    """The name of the one running job, or of `run`; a clear error when that is not unique."""
-    import ray
-
-    from ps.driver.controller import NAMESPACE
-
-    running = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a["namespace"] == NAMESPACE)
-    if run is not None:
-        if run not in running:
-            raise UserError(f"--run {run!r}: no such job is running; running: "
-                            f"{', '.join(running) or 'none'}")
-        return run
-    if not running:
-        raise UserError("no downpour job is running on this cluster")
-    if len(running) > 1:
-        raise UserError(f"{len(running)} jobs are running ({', '.join(running)}): pick one with --run")
-    return running[0]
-
-
-def main(run_dir: Optional[str], address: Optional[str], run: Optional[str], interval_s: float,
-         max_frames: Optional[int], out: Optional[TextIO] = None) -> int:
+def main(run_dir: Optional[str], interval_s: float, max_frames: Optional[int],
+         out: Optional[TextIO] = None) -> int:
+    """Follows RUN_DIR, or the newest run under runs/; Ctrl-C leaves quietly."""
     out = out or sys.stdout
     try:
-        if address:
-            return watch_cluster(address, run, interval_s, max_frames, out)
         path = rundir.require_run(run_dir) if run_dir else latest_run()
         return watch_run_dir(path, interval_s, max_frames, out)
     except KeyboardInterrupt:  # Ctrl-C is how a live view is left: not an error

@@ -128,6 +128,8 @@ def test_a_failing_run_ends_failed_with_its_summary_and_exit_status_1(ray_sessio
     stats = {r["replica"]: r for r in summary["replica_stats"]}
     assert sorted(stats) == [0, 1] and summary["train_samples"] == sum(r["samples"] for r in stats.values())
     assert summary["train_samples"] > 0 and summary["samples_per_s"] > 0  # filled on a failure too
+    # the final evaluation ran after every replica stopped: it saw the shard's last version
+    assert summary["test_versions"] == summary["updates"]
 
 
 @pytest.mark.parametrize("event_log", [True, False])

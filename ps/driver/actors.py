@@ -98,7 +98,7 @@ class Fleet:
         self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
 
     def start(self) -> None:
-        """Reserves, creates and waits for every actor: within timeout_s, or raises."""
+        """Creates every actor in the reserved groups and waits for it: within timeout_s, or raises."""
         c, (shard_room, replica_room) = self.c, self.reservations
         self.name = _free_name(self.name)  # named, so `downpour top/stop/scale` find the job
         self.controller = ray.remote(JobController).options(

@@ -29,6 +29,9 @@ def test_scale_a_running_job_up_then_down(ray_session, tmp_path, capsys):
 
     assert cli.main(["scale", str(run_dir), "--replicas", "4", "--address", "auto"]) == 0
     assert "2 -> 4 replicas" in capsys.readouterr().out
+    # 36 more replicas of 0.2 CPU do not fit in the session's 2 CPUs: only the request fails
+    assert cli.main(["scale", str(run_dir), "--replicas", "40", "--address", "auto"]) == 2
+    assert "36 replicas asking for {CPU=0.2} each cannot be placed" in capsys.readouterr().err
     assert cli.main(["scale", "downpour-" + run_dir.name, "--replicas", "1", "--address", "auto"]) == 0
     assert "4 -> 1 replicas" in capsys.readouterr().out
     assert cli.main(["scale", run_dir.name, "--replicas", "0", "--address", "auto"]) == 2

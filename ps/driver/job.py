@@ -118,11 +118,11 @@ class TrainingJob:
         return sorted(self.runs.values())
 
     def _refresh_progress(self) -> int:
-        """Steps of every replica so far, removed ones included."""
+        """Polls the replicas still training; returns `_steps_recorded`."""
         ids = self._training()
         for row in ray.get([self.fleet.replicas[i].progress.remote() for i in ids], timeout=self.c.timeout_s):
             self.stats.update_replica(row)
-        return sum(r["samples"] for r in self.stats.replicas.values()) // self.c.batch_size
+        return self._steps_recorded()
 
     def _drain(self) -> None:
         """Moves buffered events from every actor into the log (one small call per actor per poll)
@@ -178,8 +178,9 @@ class TrainingJob:
 
     def _stop_replicas(self) -> None:
         ids = self._training()
-        ray.wait([self.fleet.replicas[i].stop.remote() for i in ids], num_returns=len(ids),
-                 timeout=self.c.timeout_s)
+        if ids:
+            ray.wait([self.fleet.replicas[i].stop.remote() for i in ids], num_returns=len(ids),
+                     timeout=self.c.timeout_s)
 
     def _wind_down(self, status: str, error: Optional[str]) -> tuple[dict, Optional[str]]:
         """Stops the replicas and waits for their runs (so every push has landed), then the final
@@ -205,9 +206,8 @@ class TrainingJob:
 
     def _stop_all(self) -> None:
         """After an interrupt or a failure: every replica still alive ends its step, its pushes land."""
-        alive = [(ref, i) for ref, i in self.runs.items()]
-        for _, i in alive:
-            self.fleet.replicas[i].stop.remote()
+        alive = list(self.runs.items())
+        self._stop_replicas()
         for ref, i in alive:
             try:
                 self._collect(ref)
@@ -223,7 +223,8 @@ class TrainingJob:
             pass  # the actor is gone: its last poll's progress stands
 
     def _steps_recorded(self) -> int:
-        return sum(r["samples"] for r in self.stats.replicas.values()) // self.c.batch_size
+        """Steps of every replica so far, removed ones included, as last polled."""
+        return self.stats.samples()[0] // self.c.batch_size
 
     def _record_eval(self, result: dict) -> None:
         """`result["epochs"]`: training progress when the evaluation started (its pull came right after)."""

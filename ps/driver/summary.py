@@ -4,6 +4,7 @@ Staleness and rejections come from the shards' counters (`ParameterShard.stats`)
 same with or without the event log; only fetch statistics need the log's fetch records.
 """
 
+from collections import Counter
 from typing import Optional
 
 import numpy as np
@@ -78,8 +79,4 @@ def _taus(stats: Optional[dict]) -> np.ndarray:
 
 
 def _merge(counters: list[dict]) -> dict:
-    total: dict = {}
-    for counter in counters:
-        for reason, n in counter.items():
-            total[reason] = total.get(reason, 0) + n
-    return total
+    return dict(sum(map(Counter, counters), Counter()))

@@ -44,3 +44,40 @@ def scale_record(t: float, replicas: int, active: list[int], generation: int) ->
     """The job was scaled: `active` are the replica ids training from now on, on parts of a fresh
     partition of the data numbered `generation`."""
     return {"kind": "scale", "t": t, "replicas": replicas, "active": active, "generation": generation}
+
+
+# ---- fault tolerance (docs/event-log.md "Faults and checkpoints") ---------------------------------
+def checkpoint_record(t: float, seq: int, versions: list[int], path: str) -> dict:
+    """Every shard's state was saved: checkpoint number `seq`, at these versions, in `path`
+    (relative to the run directory)."""
+    return {"kind": "checkpoint", "t": t, "seq": seq, "versions": versions, "path": path}
+
+
+def fault_record(t: float, role: str, actor: int, cause: str, detail: str) -> dict:
+    """The job found an actor dead: `role` "replica" or "shard", its id; `cause` "injected" (the
+    fault injector killed it) or "died"; `detail` the first line of Ray's error."""
+    return {"kind": "fault", "t": t, "role": role, "id": actor, "cause": cause, "detail": detail}
+
+
+def restart_record(t: float, dead: int, new: int, steps_done: int, steps_owed: int,
+                   restarts: int) -> dict:
+    """Replica `dead` was replaced by replica `new`, on the same data part: `steps_done` of the
+    dead one's steps reached every shard and count; the new one owes `steps_owed`."""
+    return {"kind": "restart", "t": t, "replica": dead, "new": new, "steps_done": steps_done,
+            "steps_owed": steps_owed, "restarts": restarts}
+
+
+def restore_record(t: float, shard: int, incarnation: int, seq: Optional[int], version: int,
+                   lost_updates: int) -> dict:
+    """Shard `shard` was recreated as `incarnation` from checkpoint `seq` (None: the initial
+    parameters) at `version`; `lost_updates` applied since then were lost (at least this many)."""
+    return {"kind": "restore", "t": t, "shard": shard, "incarnation": incarnation, "seq": seq,
+            "version": version, "lost_updates": lost_updates}
+
+
+def resume_record(t: float, seq: int, versions: list[int], replicas: int, shards: int,
+                  shard_sizes: list[int], steps_done: int) -> dict:
+    """`downpour train --resume` continued this run from checkpoint `seq`; from here on shards
+    and replicas are those of the resumed job (a re-shard changes `shards` and `shard_sizes`)."""
+    return {"kind": "resume", "t": t, "seq": seq, "versions": versions, "replicas": replicas,
+            "shards": shards, "shard_sizes": shard_sizes, "steps_done": steps_done}

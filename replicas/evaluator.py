@@ -107,6 +107,10 @@ class Evaluator:
         self.plan.assemble([values for _, values in replies], self.flat.host_values())
         return [version for version, _ in replies]
 
+    def use_shards(self, shards: Sequence) -> None:
+        """From the job, after a shard was recreated: pull from these from now on."""
+        self.shards = list(shards)
+
     def save(self, path: str) -> None:
         """Writes the parameters of the last `evaluate` as a plain torch state_dict, and model.json beside it."""
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ps.common import schema
 from ps.common.protocol import ReplicaSettings
-from replicas.client import Fetch, RayShardClient, ShardClient
+from replicas.client import Fetch, Installed, RayShardClient, ShardClient
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
 from replicas.models import build_model
@@ -42,11 +42,15 @@ class ModelReplica:
     def __init__(self, replica_id: int, config: ReplicaSettings, plan: ShardPlan, shards: Sequence,
                  train_images: np.ndarray, train_labels: np.ndarray, threads: int,
                  part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None,
-                 *, client: Optional[ShardClient] = None):
+                 *, client: Optional[ShardClient] = None, directory=None,
+                 incarnations: Optional[Sequence[int]] = None):
+        """`directory`: the job's controller, where a recreated shard is found (and `incarnations`
+        of the `shards` given); `client` replaces the Ray transport (tests)."""
         self.id = replica_id
         self.c = config
         self.plan = plan
-        self.client = client if client is not None else RayShardClient(shards, plan, config.timeout_s)
+        self.client = client if client is not None else RayShardClient(
+            shards, plan, config.timeout_s, directory, incarnations)
         self.images, self.labels = train_images, train_labels  # read-only views of the object store
         # (parts, index, generation): part `index` of `parts`, drawn afresh for each generation of
         # a scaled job, so the replicas of one generation hold disjoint data
@@ -88,16 +92,16 @@ class ModelReplica:
 
     def _loop(self) -> None:
         c, batches, client = self.c, self._batches(), self.client
-        fetch, pushed_from, versions = client.start_fetch(), None, None
+        fetch, pushed_from, got = client.start_fetch(), None, None
         while (total := self._steps_to_run()) is not None:  # `reassign` may move the end
             step = self.step
             if step % c.n_fetch == 0:
-                versions = self._install(fetch or client.start_fetch())
+                got = self._install(fetch or client.start_fetch())
             fetch_next = (step + 1) % c.n_fetch == 0 and step + 1 < total
             # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
             scheduled = ScheduledFetch(client.start_fetch, self.jit.delay()) if (
                 fetch_next and c.prefetch) else None
-            pushed_from = pushed_from or versions  # staleness counts from the oldest gradient's fetch
+            pushed_from = pushed_from or got  # staleness counts from the oldest gradient's fetch
             self._compute(next(batches), local_step=c.n_fetch > 1)
             fetch = scheduled.take() if scheduled else None
             if (step + 1) % c.n_push == 0 or step + 1 >= total:
@@ -137,7 +141,7 @@ class ModelReplica:
         parts, index, generation = part
         return partition(len(self.labels), parts, index, self.c.seed + generation)
 
-    def _install(self, fetch: Fetch) -> list[int]:
+    def _install(self, fetch: Fetch) -> Installed:
         """Waits for every shard's reply, copying each into the flat parameters as it lands."""
         t0 = time.time()
         try:  # only timed prefetch learns from whether the fetch had landed: spare the probe otherwise
@@ -150,7 +154,7 @@ class ModelReplica:
             self.jit.observe(self._last_compute_s, None if got.landed else got.rtt_s)
         if self.c.event_log:
             self._events.append(schema.fetch_record(t0, self.id, got.versions, got.spread_s))
-        return got.versions
+        return got
 
     def _compute(self, batch: np.ndarray, local_step: bool) -> None:
         t0 = time.time()
@@ -168,10 +172,10 @@ class ModelReplica:
         self._last_compute_s = time.time() - t0
         self.timers["compute"] += self._last_compute_s
 
-    def _push(self, versions: list[int], and_pull: bool) -> Optional[Fetch]:
+    def _push(self, computed_on: Installed, and_pull: bool) -> Optional[Fetch]:
         """Sends the accumulated gradient and returns without waiting, unless max_inflight rounds
         are already unacknowledged. With `and_pull`, returns the fetch the push replies with."""
-        fetch = self.client.push(self.flat.host_grads(self.acc), versions, self.id, and_pull)
+        fetch = self.client.push(self.flat.host_grads(self.acc), computed_on, self.id, and_pull)
         if self.acc is not self.flat.grads:
             self.acc.zero_()
         while self.client.inflight > self.c.max_inflight:

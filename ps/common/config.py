@@ -10,6 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from ps.common.errors import UserError
+from ps.common.faults import parse_cadence, parse_faults
 from ps.common.protocol import ReplicaSettings
 from ps.common.resources import parse_resources
 
@@ -64,12 +65,24 @@ class TrainConfig:
                                    "default, shards where there is room")
     threads: Optional[int] = opt(None, "torch threads per replica; default max(1, replica_cpus)")
     timeout_s: float = opt(300.0, "longest wait on any single reply before the job fails")
+    clip_norm: Optional[float] = opt(None, "clip each gradient slice on its shard to this L2 norm (per "
+                                           "shard: a whole gradient is clipped to clip_norm x sqrt(shards))")
+    checkpoint_every: str = opt("30s", "save every shard's state to RUN_DIR/checkpoints every Ns "
+                                       "seconds or N updates; 0: only at the start and the end")
+    keep_checkpoints: int = opt(3, "checkpoints kept (older ones are deleted)")
+    max_replica_restarts: int = opt(3, "dead replicas a job replaces before it fails")
+    max_shard_restarts: int = opt(3, "dead shards a job recreates from a checkpoint before it fails")
+    divergence_factor: float = opt(4.0, "end as diverged when the test loss exceeds this many times its "
+                                        "best (0: never); a NaN or Inf training loss always does")
+    inject_faults: Optional[str] = opt(None, "kill actors on purpose (tests, demos): ROLE:WHICH@WHEN,... "
+                                             "e.g. replica:1@30s,shard:0@50%,replica:random@200")
     dry_run: bool = opt(False, "check a set-up: 3 steps per replica, then evaluate on 500 test samples")
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
-_POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight")
+_POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight",
+                  "keep_checkpoints")
 _CHOICES = {"device": DEVICES, "placement": ("spread", "pack")}
 
 
@@ -112,6 +125,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return None
     if kind is float and isinstance(value, str):
         value = _float_or_same(value)  # YAML 1.1 reads `1e-3` as a string
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # `checkpoint_every: 500` in YAML is a number
     ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
         kind is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
@@ -159,6 +174,16 @@ def validate(c: TrainConfig) -> None:
                 and getattr(c, f"{role}_cpus") is not None:
             raise UserError(f"{role}_cpus and CPU= in {role}_resources both set a {role}'s CPUs: "
                             f"give one of --{role}-cpus or --{role}-resources CPU=...")
+    for name in ("max_replica_restarts", "max_shard_restarts"):
+        if getattr(c, name) < 0:
+            raise UserError(f"{name} is {getattr(c, name)}: set --{name.replace('_', '-')} to 0 or more")
+    if c.clip_norm is not None and not (math.isfinite(c.clip_norm) and c.clip_norm > 0):
+        raise UserError(f"clip_norm is {c.clip_norm}: set --clip-norm to a number above 0, or leave it out")
+    if not (math.isfinite(c.divergence_factor) and (c.divergence_factor == 0 or c.divergence_factor > 1)):
+        raise UserError(f"divergence_factor is {c.divergence_factor}: set --divergence-factor above 1, "
+                        "or 0 to turn the test-loss alarm off")
+    parse_cadence(c.checkpoint_every)
+    parse_faults(c.inject_faults, c.replicas, c.shards)
     for name, allowed in _CHOICES.items():
         if getattr(c, name) not in allowed:
             raise UserError(f"{name} is '{getattr(c, name)}': choose one of {', '.join(allowed)}")

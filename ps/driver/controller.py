@@ -2,8 +2,9 @@
 
 The driver publishes a small live snapshot to it about once a second and takes back the commands
 queued since (stop, scale); `downpour top --address` reads the snapshot and `downpour scale`
-queues a request and waits here for the driver's answer. It holds no training state, so losing it
-loses nothing but the live view. Named `<run name>` in the `downpour` namespace.
+queues a request and waits here for the driver's answer. It is also the directory of the shards'
+incarnations: a replica that finds a shard dead asks it for the recreated one. It holds no training
+state. Named `<run name>` in the `downpour` namespace.
 """
 
 import time
@@ -20,6 +21,7 @@ class JobController:
         self._scale_requests: list[tuple[int, int]] = []  # (request id, replicas), not yet taken
         self._scale_answers: dict[int, dict] = {}
         self._next_id = 0
+        self._shards: dict[int, tuple[int, object]] = {}  # shard -> (incarnation, actor handle)
 
     def publish(self, snapshot: dict) -> dict:
         """From the driver: the newest snapshot in; the pending commands out (each given once)."""
@@ -46,3 +48,12 @@ class JobController:
     def scale_answer(self, request: int) -> Optional[dict]:
         """None until the driver has acted on the request (it looks about once a second)."""
         return self._scale_answers.get(request)
+
+    def set_shard(self, shard: int, incarnation: int, handle) -> None:
+        """From the driver, once a recreated shard is ready."""
+        self._shards[shard] = (incarnation, handle)
+
+    def shard(self, shard: int, min_incarnation: int) -> Optional[tuple[int, object]]:
+        """(incarnation, handle) of `shard` if it is at least `min_incarnation`, else None (yet)."""
+        found = self._shards.get(shard)
+        return found if found is not None and found[0] >= min_incarnation else None

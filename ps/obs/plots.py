@@ -44,9 +44,6 @@ def require_matplotlib():
     return plt
 
 
-# --- records and time ---------------------------------------------------------------------------
-
-
 # --- figure plumbing ----------------------------------------------------------------------------
 
 def new_figure(title: Optional[str]):
@@ -116,6 +113,7 @@ def staleness_png(records: Iterable[dict], by: str, path, title: Optional[str] =
     fig, left, rows = staleness_axes(title or f"staleness by {by}", len(groups))
     tau_histogram(left, pushes, by)
     tau_heat_maps(fig, rows, pushes, by, groups, start, (lo, hi))
+    mark_faults(rows, [r["t"] - start for r in of_kind(records, "fault")])
     return save(fig, path)
 
 
@@ -188,6 +186,16 @@ def tau_heat_maps(fig, rows: list, pushes: list[dict], by: str, groups: list[int
     fig.colorbar(mesh, ax=rows, label="pushes")
 
 
+def mark_faults(rows: list, times: list[float]) -> None:
+    """A dotted vertical line at each fault on every row (the time axis is already fixed)."""
+    for ax in rows:
+        for i, x in enumerate(times):
+            ax.axvline(x, color="tab:orange", linestyle=":", linewidth=1.2,
+                       label="fault" if ax is rows[0] and i == 0 else None)
+    if times:
+        rows[0].legend(fontsize="x-small", loc="upper left")
+
+
 # --- evaluations --------------------------------------------------------------------------------
 
 def evaluations_png(records: Iterable[dict], path) -> Path:
@@ -253,7 +261,6 @@ def spread_png(records: Iterable[dict], path) -> Path:
 
 
 # --- throughput ---------------------------------------------------------------------------------
-
 
 def throughput_png(records: Iterable[dict], path, per_push: Optional[int] = None) -> Path:
     """Per-replica samples/s from the pushes each replica sent to shard 0 (one per n_push steps).

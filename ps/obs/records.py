@@ -1,5 +1,5 @@
 """Pure functions over event-log records (as `ps.obs.events.read_events` yields them): kinds,
-the run's clock, time bins and rates. Shared by the figures and the report."""
+the run's clock, the shard layouts, time bins and rates. Shared by the figures and the report."""
 
 from typing import Callable, Iterable, Optional
 
@@ -16,6 +16,32 @@ def of_kind(records: Iterable[dict], kind: str) -> list[dict]:
 def header_of(records: list[dict]) -> dict:
     headers = of_kind(records, "header")
     return headers[0] if headers else {}
+
+
+def layouts(records: Iterable[dict]) -> list[dict]:
+    """The header and every `resume` record, in log order: each gives the shards and replicas of
+    the records after it (a resume with a re-shard changes `shards` and `shard_sizes`)."""
+    return [r for r in records if r.get("kind") in ("header", "resume")]
+
+
+def shard_count(records: list[dict]) -> int:
+    """The most shards any layout had: per-shard tables get a row for every id ever used, so a
+    re-shard 3 -> 2 keeps shard 2's row for the pushes before it."""
+    return max((r.get("shards") or 0 for r in layouts(records)), default=0)
+
+
+def replica_count(records: list[dict]) -> int:
+    return max((r.get("replicas") or 0 for r in layouts(records)), default=0)
+
+
+def shard_sizes(records: list[dict]) -> list[Optional[int]]:
+    """Elements of each shard id, from the latest layout that has that id (None if none says)."""
+    sizes: list[Optional[int]] = [None] * shard_count(records)
+    for layout in layouts(records):
+        for shard, size in enumerate(layout.get("shard_sizes") or []):
+            if shard < len(sizes):
+                sizes[shard] = size
+    return sizes
 
 
 def run_clock(records: list[dict]) -> tuple[float, float]:

@@ -15,7 +15,8 @@ import yaml
 
 from ps.common import rundir, schema
 from ps.common.errors import UserError
-from ps.obs import events, plots, staleness
+from ps.obs import events, faults, plots, staleness
+from ps.obs.records import layouts, replica_count, shard_count, shard_sizes
 
 REPORT_NAME = "report.md"
 REPORT_DIR = "report"
@@ -112,6 +113,7 @@ def render(run_dir: Path, records: list[dict], summary: Optional[dict], config: 
         staleness_section(records, images),
         fetch_section(records, images),
         rejected_section(records),
+        faults_section(records, start),
         throughput_section(records, images, per_push, start),
         shard_section(records, images),
         evaluation_section(records, images, start),
@@ -121,7 +123,8 @@ def render(run_dir: Path, records: list[dict], summary: Optional[dict], config: 
 
 def run_section(records: list[dict], summary: Optional[dict], config: dict) -> list[str]:
     done = summary or {}
-    sources = (done, config, plots.header_of(records))
+    latest = {**plots.header_of(records), **(layouts(records) or [{}])[-1]}  # shards after a resume
+    sources = (done, config, latest)
 
     def settings(*keys) -> str:
         return ", ".join(fmt_any(pick(key, sources)) for key in keys)
@@ -172,12 +175,11 @@ def staleness_rows(groups: dict[int, np.ndarray], keys) -> list[list]:
 
 
 def staleness_section(records: list[dict], images: dict) -> list[str]:
-    header = plots.header_of(records)
     by_shard = staleness.taus_by(records, "shard")
     by_replica = staleness.taus_by(records, "replica")
-    # every shard and replica the header names gets a row, so one that got nothing shows up
-    shards = sorted(set(range(header.get("shards", 0))) | set(by_shard))
-    replicas = sorted(set(range(header.get("replicas", 0))) | set(by_replica))
+    # every shard and replica the header or a resume names gets a row, so one that got nothing shows up
+    shards = sorted(set(range(shard_count(records))) | set(by_shard))
+    replicas = sorted(set(range(replica_count(records))) | set(by_replica))
     everything = np.concatenate(list(by_shard.values())) if by_shard else np.zeros(0, np.int64)
     columns = ["pushes", "mean", "p50", "p90", "p99", "max"]
     lines = ["## Staleness", "",
@@ -217,6 +219,35 @@ def rejected_section(records: list[dict]) -> list[str]:
     return lines + [*table(["reason", "pushes"], reasons.most_common()), ""]
 
 
+def faults_section(records: list[dict], start: float) -> list[str]:
+    """Only for a log with fault-tolerance records or fenced pushes: every fault and what followed,
+    the fenced pushes, the checkpoints and the resumes (docs/event-log.md, "Faults and checkpoints")."""
+    fenced = Counter(p["shard"] for p in plots.of_kind(records, "push") if faults.is_fenced(p))
+    if not fenced and not any(r.get("kind") in faults.KINDS for r in records):
+        return []
+    lines = ["## Faults and checkpoints", ""]
+    rows = faults.fault_rows(records, start)
+    lines += (table(["time (s)", "actor", "cause", "detail", "followed by"], rows) if rows
+              else ["No faults."]) + [""]
+    checkpoints = plots.of_kind(records, "checkpoint")
+    last = checkpoints[-1] if checkpoints else None
+    by_shard = ", ".join(f"shard {s}: {n}" for s, n in sorted(fenced.items()))
+    lost = sum(r.get("lost_updates") or 0 for r in plots.of_kind(records, "restore"))
+    lines += table(["", "value"], [
+        ("fenced pushes (computed on an older shard incarnation)",
+         f"{sum(fenced.values())}" + (f" ({by_shard})" if fenced else "")),
+        ("updates lost in shard restores", lost),
+        ("checkpoints", len(checkpoints) if not last else
+         f"{len(checkpoints)} (last #{last['seq']} at {fmt_any(last['versions'])}, in {last['path']})"),
+    ]) + [""]
+    resumes = [[fmt(r["t"] - start, 1), f"#{r['seq']}", fmt_any(r.get("versions")), r["replicas"],
+                r["shards"], r.get("steps_done")] for r in plots.of_kind(records, "resume")]
+    if resumes:
+        headers = ["resumed at (s)", "checkpoint", "versions", "replicas", "shards", "steps done"]
+        lines += table(headers, resumes) + [""]
+    return lines
+
+
 def throughput_section(records: list[dict], images: dict, per_push: Optional[int],
                        start: float) -> list[str]:
     """From the pushes to shard 0: every replica sends each of its pushes to every shard once."""
@@ -239,13 +270,13 @@ def throughput_section(records: list[dict], images: dict, per_push: Optional[int
 
 
 def shard_section(records: list[dict], images: dict) -> list[str]:
-    sizes = plots.header_of(records).get("shard_sizes") or []
+    sizes = shard_sizes(records)  # after a re-shard, the new job's
     pushes = plots.of_kind(records, "push")
     rows = []
     for shard, times in plots.push_times(records, "shard").items():
         mine = [p for p in pushes if p["shard"] == shard]
         last = max(mine, key=lambda p: p["t"])
-        rows.append([shard, sizes[shard] if shard < len(sizes) else NONE, len(mine),
+        rows.append([shard, fmt_any(sizes[shard]) if shard < len(sizes) else NONE, len(mine),
                      sum(not p.get("accepted") for p in mine),
                      last["applied"] + bool(last.get("accepted")),
                      fmt(plots.active_rate(times), 1)])

@@ -70,10 +70,14 @@ def histogram(taus) -> list[tuple[int, int]]:
 
 
 def taus_by(records: Iterable[dict], key: str) -> dict[int, np.ndarray]:
-    """tau of accepted pushes grouped by record[key] ('shard' or 'replica'), keys sorted."""
+    """tau of accepted pushes grouped by record[key] ('shard' or 'replica'), keys sorted.
+
+    Shard ids are taken as logged: after a `resume` that re-shards, shard k is the new job's k, so
+    its group mixes two slices of the parameters (docs/event-log.md, "Faults and checkpoints").
+    An undefined tau (-1: a push without a valid version, or a fenced one) is never counted."""
     groups: dict[int, list[int]] = {}
     for r in records:
-        if r.get("kind") == "push" and r.get("accepted"):
+        if r.get("kind") == "push" and r.get("accepted") and r.get("tau", -1) >= 0:
             groups.setdefault(r[key], []).append(r["tau"])
     return {k: np.asarray(groups[k], dtype=np.int64) for k in sorted(groups)}
 

@@ -55,21 +55,71 @@ class ServerOptimizer:
         self.param = torch.nn.Parameter(torch.tensor(initial, dtype=torch.float32), requires_grad=False)
         self.param.grad = torch.zeros_like(self.param)
         self.optim = cls([self.param], lr=lr, **kwargs)
+        self._backup: dict = {}  # see _save
 
     @property
     def values(self) -> np.ndarray:
         return self.param.detach().numpy()
 
-    def step(self, grad: np.ndarray, scale: float) -> None:
-        """param <- update(param, grad) with learning rate lr * scale; grad is read, never kept."""
+    def step(self, grad: np.ndarray, scale: float) -> bool:
+        """param <- update(param, grad) with learning rate lr * scale; grad is read, never kept.
+        Returns False, leaving the parameters and the state bitwise as they were, when the update
+        would make any of them non-finite (a finite gradient times a huge learning rate)."""
         # Through numpy: grad is often a read-only view of Ray's object store, which torch warns about.
         self.param.grad.numpy()[:] = grad
         self.optim.param_groups[0]["lr"] = self.lr * scale
+        before = self._save()
         self.optim.step()
+        if all(_finite(t) for t in self._tensors().values()):
+            return True
+        self._restore(before)
+        return False
+
+    def _tensors(self) -> dict:
+        """The parameters ("") and every state tensor, by name."""
+        state = self.optim.state.get(self.param, {})
+        return {"": self.param.data, **{k: v for k, v in state.items() if torch.is_tensor(v)}}
+
+    def _save(self) -> dict:
+        """Copies of `_tensors()` into buffers kept from step to step: one memcpy of each."""
+        tensors = self._tensors()
+        if self._backup.keys() != tensors.keys():
+            self._backup = {k: torch.empty_like(t) for k, t in tensors.items()}
+        for k, t in tensors.items():
+            self._backup[k].copy_(t)
+        return self._backup
+
+    def _restore(self, before: dict) -> None:
+        state = self.optim.state[self.param]
+        for k in [k for k in state if k not in before]:  # created by the failed step
+            del state[k]
+        for k, t in self._tensors().items():
+            t.copy_(before[k])
+
+    def export_state(self) -> dict:
+        """name -> numpy copy of torch.optim's state for the slice: (size,) arrays and 0-d ones."""
+        state = self.optim.state.get(self.param, {})
+        return {k: v.detach().cpu().numpy().copy() for k, v in state.items() if torch.is_tensor(v)}
+
+    def load_state(self, values: np.ndarray, optim: dict) -> None:
+        """Puts back what `export_state` (and `values`) gave: the next step is the one that was due."""
+        self.param.data.copy_(torch.from_numpy(np.asarray(values, dtype=np.float32)))
+        state = self.optim.state[self.param]
+        state.clear()
+        state.update({k: torch.from_numpy(np.array(v)) for k, v in optim.items()})
+        self._backup = {}
 
     def state_bytes(self) -> int:
         state = self.optim.state.get(self.param, {})
         return sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """All elements finite: one dot product on the good path (a NaN or Inf makes it non-finite;
+    so can an overflow of the sum of squares, which the exact test then clears)."""
+    a = t.detach().numpy().reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.dot(a, a))) or bool(np.isfinite(a).all())
 
 
 def _torch_kwargs(params: dict) -> dict:

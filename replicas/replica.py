@@ -72,6 +72,7 @@ class ModelReplica:
         self.t_first: Optional[float] = None  # first compute
         self.t_end: Optional[float] = None    # `run` returned
         self.jit, self._last_compute_s = JustInTime(), 0.0
+        self._loss: Optional[torch.Tensor] = None  # of the last step
         self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait
 
     # ---- the Downpour loop -------------------------------------------------------------------
@@ -162,7 +163,9 @@ class ModelReplica:
         x = torch.from_numpy(normalise(self.images[batch])).to(self.device, non_blocking=True)
         y = torch.from_numpy(self.labels[batch]).to(self.device, non_blocking=True)
         self.flat.grads.zero_()
-        F.cross_entropy(self.model(x), y).backward()
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self._loss = loss.detach()  # read by `progress` (no device sync here)
         with torch.no_grad():
             if self.acc is not self.flat.grads:
                 self.acc.add_(self.flat.grads)
@@ -192,7 +195,8 @@ class ModelReplica:
         return {"replica": self.id, "step": self.step, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch,
                 "samples": self.step * self.c.batch_size, "t_first": self.t_first,
-                "t_last": self.t_end or time.time(), "running": self._started and not self._ended}
+                "t_last": self.t_end or time.time(), "running": self._started and not self._ended,
+                "part": list(self.part), "loss": None if self._loss is None else float(self._loss)}
 
     def reassign(self, part: tuple[int, int, int], total_steps: int) -> bool:
         """When the job is scaled: train on `part` from the next batch on, and end after

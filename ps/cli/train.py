@@ -12,6 +12,10 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="run asynchronous Downpour SGD", allow_abbrev=False,
                        description="Train with N replicas and M parameter-server shards. Flags "
                                    "override the keys of --config FILE.yaml (same names).")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue this stopped, interrupted or failed run from its newest good "
+                        "checkpoint; flags given change what may change (replicas, shards, epochs, "
+                        "resources...)")
     add_config_flags(p)
     p.set_defaults(handler=handle_train)
 
@@ -42,6 +46,8 @@ def config_values(args) -> tuple[dict, str]:
 
 def handle_train(args) -> int:
     values, source = config_values(args)
+    if args.resume:
+        return _handle_resume(args.resume, values, source)
     config = cfg.from_mapping(values, source)
     if config.address:
         use_token_auth()
@@ -49,6 +55,20 @@ def handle_train(args) -> int:
     from ps.driver.train import train
 
     _, summary = train(config)
+    return exit_status(summary)
+
+
+def _handle_resume(run_dir: str, values: dict, source: str) -> int:
+    """Only the flags given override the run's saved configuration; they are checked there."""
+    if values.get("address"):
+        use_token_auth()
+    from ps.driver.train import resume
+
+    _, summary = resume(run_dir, {k.replace("-", "_"): v for k, v in values.items()}, source)
+    return exit_status(summary)
+
+
+def exit_status(summary: dict) -> int:
     return {"completed": 0, "stopped": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"],
                                                                               EXIT_RUN_FAILED)
 

@@ -86,7 +86,8 @@ def reserve_job(c, place: Placement) -> tuple[Reservation, Reservation]:
 
 
 class Fleet:
-    """Creates and holds the job's actors; replicas are indexed by id and never reused."""
+    """Creates and holds the job's actors; replicas are indexed by id and never reused. A dead
+    actor's replacement takes the dead one's place in its placement group."""
 
     def __init__(self, prepared: Prepared, place: Placement, rooms: tuple[Reservation, Reservation],
                  name: str, run_dir: str):
@@ -96,19 +97,27 @@ class Fleet:
         self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
         self.reservations: list[Reservation] = list(rooms)
         self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
+        self.incarnations = [0] * self.c.shards
+        self.homes: dict[int, dict] = {}  # replica id -> its placement options
 
-    def start(self) -> None:
-        """Creates every actor in the reserved groups and waits for it: within timeout_s, or raises."""
+    def start(self, states: Optional[list] = None, parts: Optional[list] = None,
+              total_steps: Optional[int] = None) -> None:
+        """Creates every actor in the reserved groups and waits for it: within timeout_s, or raises.
+        A resumed job gives the shards' `states` (their next incarnation) and the replicas' `parts`
+        and `total_steps`."""
         c, (shard_room, replica_room) = self.c, self.reservations
         self.name = _free_name(self.name)  # named, so `downpour top/stop/scale` find the job
         self.controller = ray.remote(JobController).options(
             name=self.name, namespace=NAMESPACE, num_cpus=0,
             scheduling_strategy=cluster.on_this_node()).remote(self.name, self.run_dir)
-        self.shards = [self._new_shard(s, piece, shard_room.options(s))
+        if states is not None:
+            self.incarnations = [st.incarnation + 1 for st in states]
+        self.shards = [self._new_shard(s, piece, shard_room.options(s), states and states[s])
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         data = self.p.dataset
         self._train = ray.put(data.train_images), ray.put(data.train_labels)
-        self.replicas = [self._new_replica(r, replica_room.options(r)) for r in range(c.replicas)]
+        self.replicas = [self._new_replica(r, replica_room.options(r), parts and parts[r], total_steps)
+                         for r in range(c.replicas)]
         self.evaluator = ray.remote(Evaluator).options(
             num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(
             c.model, c.seed, self.p.plan, self.shards, data.test_images, data.test_labels, c.timeout_s)
@@ -130,24 +139,46 @@ class Fleet:
         self.nodes["replicas"] += _node_ids(added)
         return added
 
+    def replace_replica(self, dead: int, part: tuple, total_steps: int):
+        """A new replica, the next id, in the dead one's place, on its part; returns its handle."""
+        new_id = len(self.replicas)
+        self.replicas.append(self._new_replica(new_id, self.homes[dead], part, total_steps))
+        self._wait_ready(self.replicas[-1:])
+        self.nodes["replicas"] += _node_ids(self.replicas[-1:])
+        return self.replicas[-1]
+
+    def replace_shard(self, shard: int, state) -> None:
+        """Recreates `shard` from `state` as its next incarnation, in the dead one's place, and
+        tells the replicas (through the controller) and the evaluator where it is."""
+        self.incarnations[shard] += 1
+        self.shards[shard] = self._new_shard(shard, state.values, self.reservations[0].options(shard),
+                                             state)
+        self._wait_ready(self.shards[shard:shard + 1])
+        ray.get([self.controller.set_shard.remote(shard, self.incarnations[shard], self.shards[shard]),
+                 self.evaluator.use_shards.remote(self.shards)], timeout=self.c.timeout_s)
+        self.nodes["shards"][shard] = _node_ids(self.shards[shard:shard + 1])[0]
+
     def kill(self) -> None:
         for actor in self.shards + self.replicas + [a for a in (self.evaluator, self.controller) if a]:
             ray.kill(actor)
         for room in self.reservations:
             room.release()
 
-    def _new_shard(self, shard_id, piece, options):
+    def _new_shard(self, shard_id, piece, options, state=None):
         c = self.c
         opts = {**self.place.shard_options(), **options}
         return ray.remote(ParameterShard).options(**opts).remote(
             shard_id, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
-            self.p.budget.planned_updates, self.name if c.metrics else None, c.event_log)
+            self.p.budget.planned_updates, self.name if c.metrics else None, c.event_log,
+            clip_norm=c.clip_norm, incarnation=self.incarnations[shard_id], state=state)
 
     def _new_replica(self, replica_id, options, part=None, total_steps=None):
+        self.homes[replica_id] = options
         cls = ray.remote(ModelReplica).options(**self.place.replica_options(), **options,
                                                max_concurrency=2)
         return cls.remote(replica_id, replica_settings(self.c), self.p.plan, self.shards, *self._train,
-                          self.place.threads, part, total_steps)
+                          self.place.threads, part, total_steps, directory=self.controller,
+                          incarnations=list(self.incarnations))
 
     def _wait_ready(self, actors: list) -> None:
         """Reserved actors start at once unless a constructor raises (it fails here, with its

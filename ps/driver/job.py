@@ -5,6 +5,7 @@ The driver only creates actors, polls counters, evaluates through the evaluator 
 files: gradients and parameters go between replicas and shards directly.
 """
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,10 +14,13 @@ from typing import Optional
 import ray
 
 from ps.common import rundir, schema
+from ps.common.faults import FaultInjector, parse_cadence, parse_faults
 from ps.driver.actors import Fleet, Reservation
+from ps.driver.checkpoints import Checkpointer
 from ps.driver.evaluation import EvalScheduler
 from ps.driver.placement import Placement
 from ps.driver.prepare import Prepared
+from ps.driver.recovery import ActorLost, Recovery, died
 from ps.driver.scaling import Rescaler
 from ps.driver.summary import RunStats
 from ps.obs import events
@@ -32,9 +36,19 @@ class TrainingJob:
     def __init__(self, prepared: Prepared, place: Placement, rooms: tuple[Reservation, Reservation],
                  run_path: Path, out=None):
         self.c, self.budget, self.path, self.out = prepared.config, prepared.budget, run_path, out or sys.stderr
+        self.prepared, self.resume = prepared, prepared.resume
         self.fleet = Fleet(prepared, place, rooms, run_path.name, str(run_path.resolve()))
         self.log = events.EventLog(run_path / schema.LOG_NAME)
-        self.stats = RunStats(self.c.shards)
+        self.stats = RunStats(self.c.shards, self.resume.prior if self.resume else None)
+        c = self.c
+        self.checkpoints = Checkpointer(run_path, parse_cadence(c.checkpoint_every), c.keep_checkpoints,
+                                        self.log, c.timeout_s, self._job_state)
+        self.recovery = Recovery(self.fleet, self.stats, self.log, run_path, c.max_replica_restarts,
+                                 c.max_shard_restarts, c.n_push, c.batch_size, self.out)
+        self.injector = FaultInjector(parse_faults(c.inject_faults, c.replicas, c.shards), c.seed)
+        self.diverged: Optional[str] = None
+        self.winding_down = False
+        self.t_start = time.time()
         self.scalars = Scalars(run_path) if self.c.tensorboard else None
         self.live: Optional[LiveStats] = None  # from the header on
         self.evals: Optional[EvalScheduler] = None
@@ -51,18 +65,24 @@ class TrainingJob:
         try:
             self._start()
             self._supervise()
-            status = "stopped" if self.stop_reason else "completed"
+            status = "diverged" if self.diverged else "stopped" if self.stop_reason else "completed"
         except KeyboardInterrupt:
             status = "interrupted"
+        except ActorLost as exc:
+            status, error = "failed", str(exc)
         except RAY_FAILURES as exc:
             status, error = "failed", short(exc)
         except Exception as exc:  # a bug: still stop, save and summarise, then let it show
             status, error, unexpected = "failed", short(exc), exc
         final, error = self._wind_down(status, error)
         status = "failed" if error and status == "completed" else status
-        head = {"run": self.fleet.name, "status": status, "error": error,
+        head = {"run": self.fleet.name, "status": status, "error": error or self.diverged,
                 "stop_reason": self.stop_reason, "nodes": self.fleet.nodes}
         summary = self.stats.summary(self.c, head, final, time.time() - t0, self.c.event_log)
+        summary["faults"] = {**self.recovery.summary(), **self.stats.push_losses()}
+        summary["checkpoints"] = self._checkpoint_summary()
+        if self.resume:
+            summary["resumed"] = self.resume.describe()
         rundir.write_summary(self.path, summary)
         self._close()
         if unexpected is not None:
@@ -74,14 +94,26 @@ class TrainingJob:
         header = schema.header_record(
             time.time(), c.replicas, c.shards, [plan.shard_numel(s) for s in range(c.shards)],
             model=c.model, batch_size=c.batch_size, n_fetch=c.n_fetch, n_push=c.n_push)
-        self.log.append([header])
         self.live = LiveStats(header)
-        self.fleet.start()
+        if self.resume:  # the log goes on: a resume record where a new run has its header
+            record = self.resume.record(time.time(), header)
+            self.log.append([record])
+            self.live.ingest([record])
+            self.fleet.start(self.resume.states, self.resume.parts, self.resume.share)
+            self.rescaler.generation = self.resume.generation
+        else:
+            self.log.append([header])
+            self.fleet.start()
         self.evals = EvalScheduler(self.fleet.evaluator, c.eval_every, c.timeout_s, self._record_eval)
+        self.checkpoints.save(self.fleet.shards)  # the state a shard dying early goes back to
         self._start_runs(self.active)
 
     def _start_runs(self, ids: list[int]) -> None:
-        self.runs.update({self.fleet.replicas[i].run.remote(): i for i in ids})
+        """Starts these replicas' runs; their first progress rows say what each is to do."""
+        replicas = [self.fleet.replicas[i] for i in ids]
+        self.runs.update({r.run.remote(): i for r, i in zip(replicas, ids)})
+        for row in ray.get([r.progress.remote() for r in replicas], timeout=self.c.timeout_s):
+            self.stats.update_replica(row)
 
     def _supervise(self) -> None:
         """Waits for every replica's run, polling once a second meanwhile; replicas a scale adds
@@ -96,13 +128,40 @@ class TrainingJob:
         self.evals.settle()
 
     def _collect(self, ref) -> None:
-        self.stats.update_replica(ray.get(ref, timeout=self.c.timeout_s), final=True)
+        try:
+            result = ray.get(ref, timeout=self.c.timeout_s)
+        except ray.exceptions.RayActorError as exc:
+            if not died(exc):
+                raise
+            dead = self.runs.pop(ref)
+            if self.winding_down:  # no replacement now: its last progress stands
+                self.retired.add(dead)
+            else:
+                self._replica_died(dead, exc)
+            return
+        self.stats.update_replica(result, final=True)
         del self.runs[ref]
+
+    def _replica_died(self, dead: int, exc: BaseException) -> None:
+        """Counts what the dead replica did and starts its replacement on the rest."""
+        self.retired.add(dead)
+        self.recovery.record_fault("replica", dead, exc)
+        self._drain()  # the shards' push counts, fresh (and any dead shard restored first)
+        new = self.recovery.replace_replica(dead, self.stats.shard_stats)
+        if new is None:
+            self.active = [i for i in self.active if i != dead]
+            return
+        new_id, _ = new
+        self.active = [new_id if i == dead else i for i in self.active]
+        self._start_runs([new_id])
 
     def _poll(self, progress: ProgressLine) -> None:
         self._drain()
         self._retire_removed()
         steps = self._refresh_progress()
+        self._inject(steps)
+        if self.checkpoints.due([s["version"] for s in self.stats.shard_stats if s]):
+            self.checkpoints.save(self.fleet.shards)
         epochs = self.budget.epochs_of(steps)
         self.evals.poll(epochs, more_to_come=bool(self.runs))
         snapshot = self.live.snapshot()
@@ -118,22 +177,70 @@ class TrainingJob:
         return sorted(self.runs.values())
 
     def _refresh_progress(self) -> int:
-        """Polls the replicas still training; returns `_steps_recorded`."""
+        """Polls the replicas still training (a dead one is left to its run's error); returns
+        `_steps_recorded`."""
         ids = self._training()
-        for row in ray.get([self.fleet.replicas[i].progress.remote() for i in ids], timeout=self.c.timeout_s):
-            self.stats.update_replica(row)
+        rows = gather([self.fleet.replicas[i].progress.remote() for i in ids], self.c.timeout_s)
+        for row in rows:
+            if not isinstance(row, Exception):
+                self.stats.update_replica(row)
+                self._check_loss(row)
         return self._steps_recorded()
 
     def _drain(self) -> None:
         """Moves buffered events from every actor into the log (one small call per actor per poll)
-        and refreshes the shards' counters."""
-        shards, live = self.fleet.shards, [self.fleet.replicas[i] for i in self._live_ids()]
-        batches = ray.get([a.drain_events.remote() for a in shards + live], timeout=self.c.timeout_s)
+        and refreshes the shards' counters; a dead shard is recreated here."""
+        shards, live = list(self.fleet.shards), [self.fleet.replicas[i] for i in self._live_ids()]
+        batches = gather([a.drain_events.remote() for a in shards + live], self.c.timeout_s)
         for batch in batches:
-            self.log.append(batch)
-            self.live.ingest(batch)
-            self.stats.ingest(batch)
-        self.stats.update_shards(ray.get([s.stats.remote() for s in shards], timeout=self.c.timeout_s))
+            if not isinstance(batch, Exception):  # a dead replica is found by its run's error
+                self.log.append(batch)
+                self.live.ingest(batch)
+                self.stats.ingest(batch)
+        for shard, batch in enumerate(batches[:len(shards)]):
+            if isinstance(batch, Exception):
+                self._shard_died(shard, batch)
+        for shard, answer in enumerate(gather([s.stats.remote() for s in self.fleet.shards],
+                                              self.c.timeout_s)):
+            if not isinstance(answer, Exception):  # one that died just now: at the next poll
+                self.stats.shard_stats[shard] = answer
+
+    def _shard_died(self, shard: int, exc: BaseException) -> None:
+        self.recovery.record_fault("shard", shard, exc)
+        self.recovery.restore_shard(shard)
+        self.stats.shard_stats[shard] = ray.get(self.fleet.shards[shard].stats.remote(),
+                                                timeout=self.c.timeout_s)
+
+    def _inject(self, steps: int) -> None:
+        """Kills the actors whose injected fault is due; the job then finds them dead as it would
+        any other, at its next wait on them."""
+        for fault in self.injector.due(time.time() - self.t_start, steps, self.budget.total_steps):
+            replica = fault.role == "replica"
+            candidates = self._training() if replica else list(range(self.c.shards))
+            who = self.injector.pick(fault, candidates)
+            if who is None:
+                print(f"\ndownpour: fault {fault} skipped: no such {fault.role} is running", file=self.out)
+                continue
+            self.recovery.injected.add((fault.role, who))
+            print(f"\ndownpour: injecting fault {fault}: killing {fault.role} {who}", file=self.out)
+            ray.kill((self.fleet.replicas if replica else self.fleet.shards)[who], no_restart=True)
+
+    def _check_loss(self, row: dict) -> None:
+        loss = row.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self._diverge(f"replica {row['replica']}'s training loss is {loss}")
+
+    def _diverge(self, why: str) -> None:
+        """The divergence alarm: no more checkpoints (the last good one stays), every replica stops."""
+        if self.diverged or self.stop_reason:
+            return
+        last = self.checkpoints.last
+        kept = f"checkpoint {last[0]} is the last good one" if last else "no checkpoint was taken"
+        self.diverged = (f"diverged: {why}: lower --lr (now {self.c.lr:g}) or set --clip-norm; "
+                         f"{kept}")
+        self.checkpoints.frozen = True
+        print(f"\ndownpour: {self.diverged}", file=self.out)
+        self._stop_replicas()
 
     def _live_ids(self) -> list[int]:
         return [i for i in range(len(self.fleet.replicas)) if i not in self.retired]
@@ -157,7 +264,7 @@ class TrainingJob:
     def _obey(self, commands: dict, steps: int) -> None:
         """Acts on the commands queued at the controller: a stop reaches every replica, which ends
         after its current step; each scale request gets its answer."""
-        if commands["stop"] and self.stop_reason is None:
+        if commands["stop"] and self.stop_reason is None and not self.diverged:
             self.stop_reason = commands["stop"]
             print(f"\ndownpour: stopping: {self.stop_reason}", file=self.out)
             self._stop_replicas()
@@ -167,7 +274,7 @@ class TrainingJob:
             print(f"\ndownpour: scale to {n} replicas: {message}", file=self.out)
 
     def _rescale(self, n: int, steps: int) -> tuple[bool, str]:
-        if self.stop_reason:
+        if self.stop_reason or self.diverged:
             return False, "the job is stopping"
         training = [i for i in self.active if i in self.runs.values()]
         ok, message, started, members = self.rescaler.apply(n, training, self.budget.total_steps - steps)
@@ -187,10 +294,12 @@ class TrainingJob:
         evaluation and model.pt. Returns (final evaluation or {}, the run's error)."""
         if self.fleet.evaluator is None:
             return {}, error
+        self.winding_down = True
         try:
             if status != "completed" and status != "stopped":
                 self._stop_all()
             self._drain()
+            self.checkpoints.save(self.fleet.shards)  # every push has landed: --resume goes on from here
             self.evals.settle()
             final = self.evals.final(self.c.dry_run)
             path = str(self.path.resolve() / rundir.MODEL_NAME)
@@ -223,12 +332,33 @@ class TrainingJob:
             pass  # the actor is gone: its last poll's progress stands
 
     def _steps_recorded(self) -> int:
-        """Steps of every replica so far, removed ones included, as last polled."""
-        return self.stats.samples()[0] // self.c.batch_size
+        """Steps of every replica so far, removed ones included, as last polled (a resumed run's
+        earlier steps too)."""
+        return self.stats.steps_done(self.c.batch_size)
+
+    def _job_state(self) -> dict:
+        """What a checkpoint set records of the job, for `--resume`."""
+        plan = self.fleet.p.plan
+        return {"config": self.prepared.asked, "model": self.c.model, "sharding": self.c.sharding,
+                "shard_sizes": [plan.shard_numel(s) for s in range(plan.num_shards)],
+                "steps_done": self._steps_recorded(), "generation": self.rescaler.generation,
+                "train_samples": self.stats.total_samples(), "evaluations": self.stats.eval_rows(),
+                "wall_time_s": self.stats.prior_wall_s + time.time() - self.t_start}
+
+    def _checkpoint_summary(self) -> dict:
+        last = self.checkpoints.last
+        return {"count": self.checkpoints.taken, "last_seq": last and last[0],
+                "last_versions": last and last[1], "path": "checkpoints"}
 
     def _record_eval(self, result: dict) -> None:
         """`result["epochs"]`: training progress when the evaluation started (its pull came right after)."""
+        best = min((e["loss"] for e in self.stats.evals if math.isfinite(e["loss"])), default=None)
         self.stats.evals.append(result)
+        factor = self.c.divergence_factor
+        if not math.isfinite(result["loss"]):
+            self._diverge(f"the test loss is {result['loss']}")
+        elif factor and best is not None and result["loss"] > factor * best:
+            self._diverge(f"the test loss {result['loss']:.4g} is over {factor:g}x its best {best:.4g}")
         samples = int(result["epochs"] * self.budget.steps_per_epoch * self.c.batch_size)
         if self.scalars:
             self.scalars.evaluation(samples, result)
@@ -240,6 +370,23 @@ class TrainingJob:
         if self.scalars:
             self.scalars.close()
         self.fleet.kill()
+
+
+def gather(refs: list, timeout_s: float) -> list:
+    """Each ref's value, or the RayActorError its actor died with; anything else raises, and so
+    does a reply that does not come within timeout_s."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if len(ready) < len(refs):
+        raise TimeoutError(f"{len(refs) - len(ready)} actors did not answer within {timeout_s:g} s")
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayActorError as exc:
+            if not died(exc):
+                raise
+            out.append(exc)
+    return out
 
 
 def short(exc: BaseException) -> str:

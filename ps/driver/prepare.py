@@ -2,6 +2,7 @@
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ class Prepared:
     dataset: Dataset
     initial: np.ndarray  # the flat initial parameters, drawn from the seed
     budget: StepBudget
+    asked: Optional[dict] = None   # the configuration as the user gave it (checkpoints keep it)
+    resume: Any = None             # ps.driver.resume.Resume when the job continues a run
 
 
 def prepare(c: TrainConfig) -> Prepared:

@@ -18,17 +18,19 @@ EVAL_KEYS = ("epochs", "accuracy", "loss", "versions", "pulled_at")
 class RunStats:
     """Collects, while the job runs, what the summary reports."""
 
-    def __init__(self, shards: int):
+    def __init__(self, shards: int, prior: Optional[dict] = None):
+        """`prior`: of a resumed run, what its earlier sessions did: steps, train_samples,
+        evaluations, wall_time_s (from the checkpoint it resumes)."""
         self.shard_stats: list[Optional[dict]] = [None] * shards  # the latest answer of each shard
         self.replicas: dict[int, dict] = {}  # id -> latest progress(), then its run's result
         self.fetch_spreads: list[int] = []
         self.evals: list[dict] = []
+        prior = prior or {}
+        self.prior_steps, self.prior_samples = prior.get("steps", 0), prior.get("train_samples", 0)
+        self.prior_evals, self.prior_wall_s = prior.get("evaluations", []), prior.get("wall_time_s", 0.0)
 
     def ingest(self, records: list[dict]) -> None:
         self.fetch_spreads += [r["spread"] for r in records if r["kind"] == "fetch"]
-
-    def update_shards(self, stats: list[dict]) -> None:
-        self.shard_stats = list(stats)
 
     def update_replica(self, row: dict, final: bool = False) -> None:
         """A progress() row, or (final) a run's result, which later progress never overwrites."""
@@ -43,6 +45,24 @@ class RunStats:
         span = (max(r["t_last"] for r in started) - min(r["t_first"] for r in started)) if started else None
         return sum(r["samples"] for r in rows), span
 
+    def steps_done(self, batch_size: int) -> int:
+        """Steps of the whole run so far: earlier sessions' and this one's replicas'."""
+        return self.prior_steps + self.samples()[0] // batch_size
+
+    def total_samples(self) -> int:
+        return self.prior_samples + self.samples()[0]
+
+    def eval_rows(self) -> list[dict]:
+        """Every evaluation of the run, earlier sessions' first, as the summary lists them."""
+        return self.prior_evals + [{k: e[k] for k in EVAL_KEYS} for e in self.evals]
+
+    def push_losses(self) -> dict:
+        """Pushes that died with a shard, and pushes a recreated shard fenced, over the replicas
+        whose runs returned (a dead replica's own counts die with it)."""
+        rows = self.replicas.values()
+        return {"lost_pushes": sum(r.get("lost", 0) for r in rows),
+                "fenced_pushes": sum(r.get("fenced", 0) for r in rows)}
+
     def summary(self, c: TrainConfig, head: dict, final: dict, wall_time_s: float,
                 event_log: bool) -> dict:
         """`head`: run, status, error, stop_reason, nodes."""
@@ -55,7 +75,8 @@ class RunStats:
             "test_accuracy": final.get("accuracy"), "test_loss": final.get("loss"),
             "test_samples": final.get("test_samples"), "test_versions": final.get("versions"),
             "wall_time_s": round(wall_time_s, 3), "train_time_s": train_s and round(train_s, 3),
-            "train_samples": samples, "samples_per_s": round(samples / train_s, 1) if train_s else None,
+            "train_samples": self.prior_samples + samples,
+            "samples_per_s": round(samples / train_s, 1) if train_s else None,
             "replicas": c.replicas, "shards": c.shards, "model": c.model, "dataset": c.dataset,
             "updates": [s["version"] if s else None for s in self.shard_stats] if known else None,
             "nodes": head["nodes"],
@@ -64,7 +85,7 @@ class RunStats:
             "staleness": {**summarize(np.concatenate(per_shard)), "per_shard": [summarize(t) for t in per_shard]},
             "fetches": {"count": int(spreads.size), "mixed_versions": int((spreads > 0).sum()),
                         "max_spread": int(spreads.max()) if spreads.size else None} if event_log else None,
-            "evaluations": [{k: e[k] for k in EVAL_KEYS} for e in self.evals],
+            "evaluations": self.eval_rows(),
             "replica_stats": [{k: v for k, v in r.items() if k != "final"}
                               for _, r in sorted(self.replicas.items())],
         }

@@ -5,16 +5,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import ray
 
-from ps.common import rundir
+from ps.common import rundir, schema
 from ps.common.config import TrainConfig, to_dict
 from ps.common.errors import UserError
 from ps.driver import actors, placement
 from ps.driver import ray_session as cluster
 from ps.driver.job import TrainingJob
 from ps.driver.prepare import prepare
+from ps.driver.resume import prepare_resume
 
 
 def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
@@ -23,8 +25,28 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
     out = out or sys.stderr
     asked = c  # what the user asked for; a dry run changes the config it runs, not this one
     prepared = prepare(c)
+    prepared.asked = to_dict(asked)
     c = prepared.config
     path = rundir.create(c.run_dir, f"{c.model}-r{c.replicas}s{c.shards}")
+    return _run(prepared, path, out, log_end=None)
+
+
+def resume(run_dir: str, overrides: dict, source: str, out=None) -> tuple[Path, dict]:
+    """Continues the run in `run_dir` from its newest good checkpoint (ps.driver.resume); bad
+    input raises UserError with nothing in the run directory changed."""
+    out = out or sys.stderr
+    prepared, path, log_end = prepare_resume(
+        run_dir, overrides, source, lambda line: print(f"downpour: warning: {line}", file=out))
+    print(f"downpour: resuming {path} from checkpoint {prepared.resume.seq} "
+          f"(versions {prepared.resume.versions}, {prepared.resume.prior['steps']} steps done)",
+          file=out)
+    return _run(prepared, path, out, log_end)
+
+
+def _run(prepared, path: Path, out, log_end: Optional[int]) -> tuple[Path, dict]:
+    """Connects, reserves the cluster's room, runs the job. `log_end`: a resumed run's event log
+    is cut there (after its last complete record) and appended to."""
+    c, fresh = prepared.config, log_end is None
     started, previous_sigterm = False, None
     try:
         try:
@@ -33,10 +55,15 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
             place = placement.plan_resources(c, ray.cluster_resources(), placement.live_nodes())
             rooms = actors.reserve_job(c, place)
         except UserError:
-            rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
+            if fresh:
+                rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise
         prepared.config = dataclasses.replace(c, prefetch=place.prefetch)
-        rundir.write_config(path, to_dict(dataclasses.replace(asked, prefetch=place.prefetch)))
+        if fresh:
+            prepared.asked["prefetch"] = place.prefetch
+            rundir.write_config(path, prepared.asked)
+        else:
+            _cut_torn_tail(path / schema.LOG_NAME, log_end, out)
         print(f"downpour: run directory {path}", file=out)
         if c.metrics:
             print(f"downpour: live metrics (Prometheus): {' '.join(cluster.metrics_endpoints())}",
@@ -49,6 +76,15 @@ def train(c: TrainConfig, out=None) -> tuple[Path, dict]:
             ray.shutdown()
     _report(summary, path, out)
     return path, summary
+
+
+def _cut_torn_tail(log: Path, end: int, out) -> None:
+    size = log.stat().st_size
+    if size > end:
+        print(f"downpour: warning: {log} ended in a torn record ({size - end} bytes, from a crash): "
+              "cut off before appending", file=out)
+        with open(log, "r+b") as f:
+            f.truncate(end)
 
 
 def _report(summary: dict, path: Path, out) -> None:

@@ -95,3 +95,22 @@ def _check_header(record: dict, path: Path) -> None:
     if record.get("schema") != SCHEMA_VERSION:
         raise LogError(f"{path} has event-log schema {record.get('schema')}; this downpour reads "
                        f"schema {SCHEMA_VERSION}: use the downpour version that wrote it")
+
+
+def header_and_end(path: Path) -> tuple[dict, int]:
+    """The log's header (checked) and the byte offset just after its last complete record: where
+    a resumed run appends, cutting off a record torn by a crash."""
+    unpacker, header, end = msgpack.Unpacker(raw=False), None, 0
+    with open(path, "rb") as f:
+        unpacker.feed(f.read())
+    try:
+        for record in unpacker:
+            if header is None:
+                _check_header(record, path)
+                header = record
+            end = unpacker.tell()
+    except (msgpack.UnpackException, ValueError):
+        pass  # a corrupt tail: it ends at the last good record
+    if header is None:
+        raise LogError(f"{path} holds no readable header: is this a downpour run directory?")
+    return header, end

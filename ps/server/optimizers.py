@@ -103,7 +103,7 @@ class ServerOptimizer:
 
     def load_state(self, values: np.ndarray, optim: dict) -> None:
         """Puts back what `export_state` (and `values`) gave: the next step is the one that was due."""
-        self.param.data.copy_(torch.from_numpy(np.asarray(values, dtype=np.float32)))
+        self.param.data.copy_(torch.from_numpy(np.array(values, dtype=np.float32)))
         state = self.optim.state[self.param]
         state.clear()
         state.update({k: torch.from_numpy(np.array(v)) for k, v in optim.items()})

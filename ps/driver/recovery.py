@@ -1,0 +1,103 @@
+"""What a job does when one of its actors dies: a replica is replaced on the same data part, a
+shard is recreated from its newest good checkpoint as its next incarnation.
+
+Replica steps: a dead replica's steps count as done only as far as its pushes reached every
+shard (the shards count pushes per replica); the rest are owed, and its replacement does exactly
+those. So the run's step total is the budget, neither short nor counted twice; steps whose
+pushes reached only some shards are trained again.
+
+Shard updates: a recreated shard goes back to its checkpoint's version; the updates applied since
+are lost (at least the difference to the version last polled) and reported. Its schedule is
+shortened by as many, so it still ends where the run ends.
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from ps.common import schema
+from ps.driver.actors import Fleet
+from ps.driver.checkpoints import DIR_NAME
+from ps.driver.summary import RunStats
+from ps.obs.events import EventLog
+from ps.server import checkpoint
+
+
+class ActorLost(RuntimeError):
+    """An actor died and the job may not (or cannot) replace it: the run fails with this."""
+
+
+def died(exc: BaseException) -> bool:
+    """The actor itself is gone (killed, crashed, its node lost), as opposed to a method that raised."""
+    return isinstance(exc, ray.exceptions.RayActorError) and not isinstance(exc, ray.exceptions.RayTaskError)
+
+
+class Recovery:
+    def __init__(self, fleet: Fleet, stats: RunStats, log: EventLog, run_path: Path,
+                 max_replica_restarts: int, max_shard_restarts: int, n_push: int, batch_size: int,
+                 out=None):
+        self.fleet, self.stats, self.log, self.root = fleet, stats, log, run_path / DIR_NAME
+        self.limits = {"replica": max_replica_restarts, "shard": max_shard_restarts}
+        self.n_push, self.batch_size, self.out = n_push, batch_size, out or sys.stderr
+        self.used = {"replica": 0, "shard": 0}
+        self.injected: set[tuple[str, int]] = set()  # (role, id) killed by the fault injector
+        self.lost_updates = 0
+
+    def record_fault(self, role: str, actor: int, exc: BaseException) -> None:
+        """Logs the death and checks the budget; raises ActorLost when it is spent."""
+        cause = "injected" if (role, actor) in self.injected else "died"
+        text = str(exc).strip().splitlines()
+        detail = text[0][:200] if text else type(exc).__name__
+        self.log.append([schema.fault_record(time.time(), role, actor, cause, detail)])
+        if self.used[role] >= self.limits[role]:
+            flag = f"--max-{role}-restarts"
+            raise ActorLost(f"{role} {actor} died ({detail}) and the job has replaced "
+                            f"{self.used[role]} {role}s already: raise {flag} to allow more")
+        self.used[role] += 1
+
+    def replace_replica(self, dead: int, shard_stats: list[dict]) -> Optional[tuple[int, object]]:
+        """Counts the dead replica's steps that every shard received, then starts a replacement for
+        the steps it owed; returns (new id, its handle) or None when it owed none."""
+        row = self.stats.replicas[dead]
+        received = min(s["pushes_from"].get(dead, 0) for s in shard_stats)
+        done = min(row["total_steps"], received * self.n_push)
+        owed = row["total_steps"] - done
+        self.stats.update_replica({**row, "step": done, "samples": done * self.batch_size,
+                                   "running": False, "died": True}, final=True)
+        new = None
+        if owed > 0:
+            handle = self.fleet.replace_replica(dead, tuple(row["part"]), owed)
+            new = len(self.fleet.replicas) - 1, handle
+        self.log.append([schema.restart_record(time.time(), dead, new[0] if new else -1, done, owed,
+                                               self.used["replica"])])
+        print(f"\ndownpour: replica {dead} died: {done} of its steps count, replica "
+              f"{new[0] if new else '-'} does the {owed} it owed", file=self.out)
+        return new
+
+    def restore_shard(self, shard: int) -> None:
+        """Recreates `shard` from its newest good checkpoint (the initial one at worst)."""
+        warnings: list[str] = []
+        found = checkpoint.latest_shard(self.root, shard, warnings.append)
+        for line in warnings:
+            print(f"\ndownpour: warning: {line}", file=self.out)
+        if found is None:
+            raise ActorLost(f"shard {shard} died and no checkpoint of it could be read")
+        seq, state = found
+        last = self.stats.shard_stats[shard] or {"version": state.version,
+                                                 "planned_updates": state.planned_updates}
+        lost = max(0, last["version"] - state.version)
+        state.planned_updates = max(state.version + 1, last["planned_updates"] - lost)
+        self.fleet.replace_shard(shard, state)
+        self.lost_updates += lost
+        incarnation = self.fleet.incarnations[shard]
+        self.log.append([schema.restore_record(time.time(), shard, incarnation, seq, state.version,
+                                               lost)])
+        print(f"\ndownpour: shard {shard} died: recreated from checkpoint {seq} at version "
+              f"{state.version} (incarnation {incarnation}; {lost} updates lost)", file=self.out)
+
+    def summary(self) -> dict:
+        return {"replica_restarts": self.used["replica"], "shard_restores": self.used["shard"],
+                "lost_updates": self.lost_updates}

@@ -24,7 +24,6 @@ import ray
 from ps.common.protocol import PushPullReply, PushResult
 from sharding import ShardPlan
 
-
 LOST = PushResult(False, -1, 0.0, "lost: the shard died before it answered")
 RECONNECT_POLL_S = (0.05, 0.5)  # first and longest pause between asks for a recreated shard
 

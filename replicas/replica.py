@@ -89,6 +89,7 @@ class ModelReplica:
                 self._ended, self.t_end = True, time.time()
         return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
                 "part": list(self.part), "t_first": self.t_first, "t_last": self.t_end,
+                "loss": None if self._loss is None else float(self._loss),
                 **self.client.counts, **{f"{k}_s": v for k, v in self.timers.items()}}
 
     def _loop(self) -> None:

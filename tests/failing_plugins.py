@@ -15,3 +15,18 @@ def reject_stale(ctx, max_tau=0.0):
     if ctx.tau > max_tau:
         return Decision(0.0, accept=False, reason="stale")
     return 1.0
+
+
+def nan_model(num_classes: int = 10):
+    """A model whose every output is NaN: every gradient it pushes is NaN."""
+    import torch
+
+    class NaNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(28 * 28, num_classes)
+
+        def forward(self, x):
+            return self.fc(x.reshape(len(x), -1)) * float("nan")
+
+    return NaNNet()

@@ -141,6 +141,7 @@ class TrainingJob:
             return
         self.stats.update_replica(result, final=True)
         del self.runs[ref]
+        self._check_loss(result)
 
     def _replica_died(self, dead: int, exc: BaseException) -> None:
         """Counts what the dead replica did and starts its replacement on the rest."""

@@ -51,7 +51,7 @@ class Fault:
 
 
 def parse_faults(spec: Optional[str], replicas: int, shards: int) -> list[Fault]:
-    """'replica:1@30s,shard:0@50%' -> Faults in firing order; ids are checked against the job."""
+    """'replica:1@30s,shard:0@50%' -> Faults, in the order given; ids are checked against the job."""
     if spec is None or not str(spec).strip():
         return []
     faults = []

@@ -34,6 +34,9 @@ RESUMABLE = frozenset({
     "inject_faults"})
 
 
+JOB_KEYS = ("config", "model", "sharding", "shard_sizes", "steps_done")  # what a set's job.json must hold
+
+
 @dataclass
 class Resume:
     seq: int
@@ -62,13 +65,17 @@ def prepare_resume(run_dir: str, overrides: dict, source: str,
     if found is None:
         raise UserError(f"--resume {path}: no checkpoint under {path / DIR_NAME} can be read; "
                         "the run cannot be continued")
-    seq, _, states, job = found
+    seq, set_path, states, job = found
+    missing = [k for k in JOB_KEYS if k not in job]
+    if missing:
+        raise UserError(f"--resume {path}: {set_path / checkpoint.JOB_FILE} lacks {', '.join(missing)}: "
+                        "it was not written by this downpour")
     c = _resumed_config(job["config"], overrides, source, path)
     prepared = prepare(c)
     c, plan, budget = prepared.config, prepared.plan, prepared.budget
     states = _fit_plan(states, job, c, plan, path)
     steps_left = budget.total_steps - job["steps_done"]
-    if steps_left < c.replicas:
+    if steps_left <= 0:
         raise UserError(f"--resume {path}: the run has done {job['steps_done']} of its "
                         f"{budget.total_steps} steps: give more --epochs or --steps to continue it")
     share = ceil_div(steps_left, c.replicas)
@@ -96,14 +103,16 @@ def _require_run(run_dir: str) -> Path:
 
 
 def _resumed_config(saved: dict, overrides: dict, source: str, path: Path) -> cfg.TrainConfig:
-    changed = sorted(k for k, v in overrides.items()
-                     if k not in RESUMABLE and k in cfg.FIELDS and saved.get(k) != v)
-    changed = [k for k in changed if k != "run_dir" or Path(overrides[k]) != path]
+    """The saved configuration with the overrides; a change to what may not change is refused
+    (compared after both are parsed, so `lr: 3e-3` in YAML equals the saved 0.003)."""
+    before = cfg.from_mapping(saved, f"{path / rundir.CONFIG_NAME}")
+    after = cfg.from_mapping({**saved, **overrides}, source)
+    changed = [k for k in cfg.FIELDS if k not in RESUMABLE and getattr(before, k) != getattr(after, k)
+               and not (k == "run_dir" and Path(after.run_dir).resolve() == path.resolve())]
     if changed:
         raise UserError(f"--resume {path}: {changed[0]} cannot change on resume (the run used "
-                        f"{saved.get(changed[0])!r}); may change: {', '.join(sorted(RESUMABLE))}")
-    c = cfg.from_mapping({**saved, **overrides}, source)
-    return dataclasses.replace(c, run_dir=str(path))
+                        f"{getattr(before, changed[0])!r}); may change: {', '.join(sorted(RESUMABLE))}")
+    return dataclasses.replace(after, run_dir=str(path))
 
 
 def _fit_plan(states: list, job: dict, c: cfg.TrainConfig, plan, path: Path) -> list:

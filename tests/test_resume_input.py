@@ -385,3 +385,11 @@ def test_a_torn_last_event_record_is_cut_off_by_the_offset_not_by_preparing(run)
     _, _, log_end = prepare_resume(str(run), {}, "flags", Warnings())
     assert log_end == good_end
     assert listing(run) == before
+
+
+def test_submit_resume_runs_train_resume_on_the_head_node():
+    from ps.cli.submission import entrypoint
+
+    assert entrypoint({"replicas": 3, "tensorboard": True}, "~/downpour-runs/r1", resume=True) == \
+        "downpour train --replicas 3 --tensorboard --address auto --resume ~/downpour-runs/r1"
+    assert entrypoint({}, "runs/a b", resume=True).endswith("--resume 'runs/a b'")

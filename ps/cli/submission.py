@@ -51,9 +51,10 @@ def run_name(config) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-r{config.replicas}s{config.shards}"
 
 
-def entrypoint(train_flags: dict, run_dir: str) -> str:
+def entrypoint(train_flags: dict, run_dir: str, resume: bool = False) -> str:
     """The shell command Ray runs on the head: every flag the user gave, spelled out (a --config
-    file is read here and its keys sent as flags, so the cluster needs no copy of it)."""
+    file is read here and its keys sent as flags, so the cluster needs no copy of it). With
+    `resume`, it continues the run in `run_dir` (a folder on the head node) instead."""
     parts = ["downpour", "train"]
     for name, value in train_flags.items():
         flag = "--" + name.replace("_", "-")
@@ -65,19 +66,22 @@ def entrypoint(train_flags: dict, run_dir: str) -> str:
     # `~` stays unquoted so the head's shell expands it to the job's home directory
     quoted_dir = run_dir if run_dir.startswith("~/") and shlex.quote(run_dir[2:]) == run_dir[2:] \
         else shlex.quote(run_dir)
-    return shlex.join(parts) + " --run-dir " + quoted_dir
+    return shlex.join(parts) + (" --resume " if resume else " --run-dir ") + quoted_dir
 
 
 def submit(address: str, train_flags: dict, config, working_dir: Optional[str],
-           out: TextIO) -> str:
+           out: TextIO, resume: Optional[str] = None) -> str:
+    """`resume`: a run directory on the head node to continue (`downpour train --resume` there)."""
     if working_dir is not None and not Path(working_dir).is_dir():
         raise UserError(f"working_dir {working_dir}: no such folder; give the folder of your plug-ins")
     client = connect(address)
-    name = Path(config.run_dir).name if config.run_dir else run_name(config)
-    run_dir = config.run_dir or f"{RUNS_ON_CLUSTER}/{name}"
+    name = Path(resume or config.run_dir).name if (resume or config.run_dir) else run_name(config)
+    run_dir = resume or config.run_dir or f"{RUNS_ON_CLUSTER}/{name}"
     runtime_env = {"working_dir": str(Path(working_dir).resolve())} if working_dir else None
+    if resume:  # one submission id per session of the run
+        name = f"{name}-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        job_id = client.submit_job(entrypoint=entrypoint(train_flags, run_dir),
+        job_id = client.submit_job(entrypoint=entrypoint(train_flags, run_dir, bool(resume)),
                                    submission_id=JOB_PREFIX + name, runtime_env=runtime_env,
                                    metadata={"downpour_run_dir": run_dir})
     except (RuntimeError, ValueError) as exc:

@@ -82,6 +82,9 @@ def add_submit_parser(sub) -> None:
                    help="the head node's dashboard address")
     p.add_argument("--working-dir", metavar="DIR",
                    help="a folder of your own plug-ins (models, rules) to ship with the job")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue this run (a folder on the head node, as submit printed it) "
+                        "from its newest good checkpoint; flags given change what may change")
     add_config_flags(p, skip=("address",))
     p.set_defaults(handler=handle_submit)
 
@@ -94,5 +97,5 @@ def handle_submit(args) -> int:
     from ps.cli import submission
 
     train_flags = {k: v for k, v in values.items() if k != "run_dir"}
-    submission.submit(args.address, train_flags, config, args.working_dir, sys.stdout)
+    submission.submit(args.address, train_flags, config, args.working_dir, sys.stdout, args.resume)
     return 0

@@ -7,6 +7,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from ps.driver.reshard import reshard
 from ps.server.checkpoint import (
     FORMAT_VERSION,
     MAGIC,
@@ -19,7 +20,6 @@ from ps.server.checkpoint import (
     list_sets,
     load_set,
     read_file,
-    reshard,
     save_set,
     set_dir,
     shard_file,

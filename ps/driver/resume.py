@@ -21,6 +21,7 @@ from ps.common.errors import UserError
 from ps.driver.budget import ceil_div
 from ps.driver.checkpoints import DIR_NAME
 from ps.driver.prepare import Prepared, prepare
+from ps.driver.reshard import reshard
 from ps.obs import events
 from ps.server import checkpoint
 from replicas.models import build_model, named_shapes
@@ -128,6 +129,6 @@ def _fit_plan(states: list, job: dict, c: cfg.TrainConfig, plan, path: Path) -> 
     except PlanError as exc:
         raise UserError(f"--resume {path}: cannot rebuild the checkpoint's shard plan ({exc})") from None
     try:
-        return checkpoint.reshard(states, old, plan)
+        return reshard(states, old, plan)
     except checkpoint.CheckpointError as exc:
         raise UserError(f"--resume {path}: cannot re-shard the checkpoint ({exc})") from None

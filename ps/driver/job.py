@@ -5,7 +5,6 @@ The driver only creates actors, polls counters, evaluates through the evaluator 
 files: gradients and parameters go between replicas and shards directly.
 """
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -17,10 +16,11 @@ from ps.common import rundir, schema
 from ps.common.faults import FaultInjector, parse_cadence, parse_faults
 from ps.driver.actors import Fleet, Reservation
 from ps.driver.checkpoints import Checkpointer
+from ps.driver.divergence import DivergenceAlarm
 from ps.driver.evaluation import EvalScheduler
 from ps.driver.placement import Placement
 from ps.driver.prepare import Prepared
-from ps.driver.recovery import ActorLost, Recovery, died
+from ps.driver.recovery import ActorLost, Recovery, died, gather
 from ps.driver.scaling import Rescaler
 from ps.driver.summary import RunStats
 from ps.obs import events
@@ -46,7 +46,7 @@ class TrainingJob:
         self.recovery = Recovery(self.fleet, self.stats, self.log, run_path, c.max_replica_restarts,
                                  c.max_shard_restarts, c.n_push, c.batch_size, self.out)
         self.injector = FaultInjector(parse_faults(c.inject_faults, c.replicas, c.shards), c.seed)
-        self.diverged: Optional[str] = None
+        self.alarm, self.diverged = DivergenceAlarm(c.divergence_factor), None
         self.winding_down = False
         self.t_start = time.time()
         self.scalars = Scalars(run_path) if self.c.tensorboard else None
@@ -216,24 +216,14 @@ class TrainingJob:
         """Kills the actors whose injected fault is due; the job then finds them dead as it would
         any other, at its next wait on them."""
         for fault in self.injector.due(time.time() - self.t_start, steps, self.budget.total_steps):
-            replica = fault.role == "replica"
-            candidates = self._training() if replica else list(range(self.c.shards))
-            who = self.injector.pick(fault, candidates)
-            if who is None:
-                print(f"\ndownpour: fault {fault} skipped: no such {fault.role} is running", file=self.out)
-                continue
-            self.recovery.injected.add((fault.role, who))
-            print(f"\ndownpour: injecting fault {fault}: killing {fault.role} {who}", file=self.out)
-            ray.kill((self.fleet.replicas if replica else self.fleet.shards)[who], no_restart=True)
+            self.recovery.inject(fault, self.injector, self._training())
 
     def _check_loss(self, row: dict) -> None:
-        loss = row.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            self._diverge(f"replica {row['replica']}'s training loss is {loss}")
+        self._diverge(self.alarm.training(row["replica"], row.get("loss")))
 
-    def _diverge(self, why: str) -> None:
+    def _diverge(self, why: Optional[str]) -> None:
         """The divergence alarm: no more checkpoints (the last good one stays), every replica stops."""
-        if self.diverged or self.stop_reason:
+        if why is None or self.diverged or self.stop_reason:
             return
         last = self.checkpoints.last
         kept = f"checkpoint {last[0]} is the last good one" if last else "no checkpoint was taken"
@@ -353,13 +343,8 @@ class TrainingJob:
 
     def _record_eval(self, result: dict) -> None:
         """`result["epochs"]`: training progress when the evaluation started (its pull came right after)."""
-        best = min((e["loss"] for e in self.stats.evals if math.isfinite(e["loss"])), default=None)
         self.stats.evals.append(result)
-        factor = self.c.divergence_factor
-        if not math.isfinite(result["loss"]):
-            self._diverge(f"the test loss is {result['loss']}")
-        elif factor and best is not None and result["loss"] > factor * best:
-            self._diverge(f"the test loss {result['loss']:.4g} is over {factor:g}x its best {best:.4g}")
+        self._diverge(self.alarm.evaluation(result["loss"]))
         samples = int(result["epochs"] * self.budget.steps_per_epoch * self.c.batch_size)
         if self.scalars:
             self.scalars.evaluation(samples, result)
@@ -371,23 +356,6 @@ class TrainingJob:
         if self.scalars:
             self.scalars.close()
         self.fleet.kill()
-
-
-def gather(refs: list, timeout_s: float) -> list:
-    """Each ref's value, or the RayActorError its actor died with; anything else raises, and so
-    does a reply that does not come within timeout_s."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if len(ready) < len(refs):
-        raise TimeoutError(f"{len(refs) - len(ready)} actors did not answer within {timeout_s:g} s")
-    out = []
-    for ref in refs:
-        try:
-            out.append(ray.get(ref))
-        except ray.exceptions.RayActorError as exc:
-            if not died(exc):
-                raise
-            out.append(exc)
-    return out
 
 
 def short(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from typing import Optional
 import ray
 
 from ps.common import schema
+from ps.common.faults import Fault, FaultInjector
 from ps.driver.actors import Fleet
 from ps.driver.checkpoints import DIR_NAME
 from ps.driver.summary import RunStats
@@ -49,6 +50,7 @@ class Recovery:
     def record_fault(self, role: str, actor: int, exc: BaseException) -> None:
         """Logs the death and checks the budget; raises ActorLost when it is spent."""
         cause = "injected" if (role, actor) in self.injected else "died"
+        self.injected.discard((role, actor))  # a shard's next incarnation may die on its own
         text = str(exc).strip().splitlines()
         detail = text[0][:200] if text else type(exc).__name__
         self.log.append([schema.fault_record(time.time(), role, actor, cause, detail)])
@@ -98,6 +100,34 @@ class Recovery:
         print(f"\ndownpour: shard {shard} died: recreated from checkpoint {seq} at version "
               f"{state.version} (incarnation {incarnation}; {lost} updates lost)", file=self.out)
 
+    def inject(self, fault: Fault, injector: FaultInjector, training: list[int]) -> None:
+        """Kills the actor a due fault names (a replica only while it trains), as a crash would."""
+        replica = fault.role == "replica"
+        who = injector.pick(fault, training if replica else list(range(len(self.fleet.shards))))
+        if who is None:
+            print(f"\ndownpour: fault {fault} skipped: no such {fault.role} is running", file=self.out)
+            return
+        self.injected.add((fault.role, who))
+        print(f"\ndownpour: injecting fault {fault}: killing {fault.role} {who}", file=self.out)
+        ray.kill((self.fleet.replicas if replica else self.fleet.shards)[who], no_restart=True)
+
     def summary(self) -> dict:
         return {"replica_restarts": self.used["replica"], "shard_restores": self.used["shard"],
                 "lost_updates": self.lost_updates}
+
+
+def gather(refs: list, timeout_s: float) -> list:
+    """Each ref's value, or the RayActorError its actor died with; anything else raises, and so
+    does a reply that does not come within timeout_s."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if len(ready) < len(refs):
+        raise TimeoutError(f"{len(refs) - len(ready)} actors did not answer within {timeout_s:g} s")
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayActorError as exc:
+            if not died(exc):
+                raise
+            out.append(exc)
+    return out

@@ -49,6 +49,7 @@ def test_a_killed_replica_is_replaced_on_its_part_and_the_steps_add_up(ray_sessi
     assert (fault["role"], fault["id"], fault["cause"]) == ("replica", 0, "injected")
     assert (restart["replica"], restart["new"]) == (0, 2)
     assert restart["steps_done"] == steps[0] and restart["steps_owed"] == steps[2]
+    assert summary["faults"]["events"] == [fault, restart]  # the summary lists them too
     # each shard got every push of the steps counted (a dead replica's last round may reach some)
     assert all(2 * STEPS <= v <= 2 * STEPS + 1 for v in summary["updates"])
 
@@ -158,7 +159,7 @@ def test_no_parameter_ever_becomes_non_finite(ray_session, tmp_path, case):
 def test_the_summary_reports_faults_and_checkpoints_of_an_undisturbed_run(ray_session, tmp_path):
     run_dir, summary = train(job(tmp_path, "quiet", steps=20))
     assert summary["faults"] == {"replica_restarts": 0, "shard_restores": 0, "lost_updates": 0,
-                                 "lost_pushes": 0, "fenced_pushes": 0}
+                                 "lost_pushes": 0, "fenced_pushes": 0, "events": []}
     # one set at the start, one at the end (the default cadence is 30 s)
     assert summary["checkpoints"]["count"] == 2
     assert summary["checkpoints"]["last_versions"] == summary["updates"]

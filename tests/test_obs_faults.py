@@ -217,3 +217,21 @@ def test_each_fault_is_answered_by_the_next_restart_or_restore_of_the_same_actor
                             "4 updates lost"],
         ["replica 1", "no fault record", "restarted as replica 3: 6 steps done, 4 owed"],
         ["replica 2", "injected", "no restart or restore recorded"]]
+
+
+def test_top_follows_a_resumed_run_whose_summary_is_the_previous_sessions(tmp_path, capsys):
+    import io
+    import time
+
+    from ps.obs.top import watch_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "interrupted"}')  # the first session's
+    now = time.time()
+    log = events.EventLog(run / schema.LOG_NAME)
+    log.append([{**HEADER, "t": now - 60}, schema.resume_record(now + 1, 0, [9, 9], 2, 2, [100, 50], 9)])
+    log.close()
+    out = io.StringIO()
+    assert watch_run_dir(run, 0.0, 3, out) == 0
+    assert out.getvalue().count("[running]") == 3  # not ended by the old summary

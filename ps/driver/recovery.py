@@ -46,6 +46,7 @@ class Recovery:
         self.used = {"replica": 0, "shard": 0}
         self.injected: set[tuple[str, int]] = set()  # (role, id) killed by the fault injector
         self.lost_updates = 0
+        self.records: list[dict] = []  # every fault, restart and restore record, for the summary
 
     def record_fault(self, role: str, actor: int, exc: BaseException) -> None:
         """Logs the death and checks the budget; raises ActorLost when it is spent."""
@@ -53,7 +54,7 @@ class Recovery:
         self.injected.discard((role, actor))  # a shard's next incarnation may die on its own
         text = str(exc).strip().splitlines()
         detail = text[0][:200] if text else type(exc).__name__
-        self.log.append([schema.fault_record(time.time(), role, actor, cause, detail)])
+        self._log(schema.fault_record(time.time(), role, actor, cause, detail))
         if self.used[role] >= self.limits[role]:
             flag = f"--max-{role}-restarts"
             raise ActorLost(f"{role} {actor} died ({detail}) and the job has replaced "
@@ -73,8 +74,8 @@ class Recovery:
         if owed > 0:
             handle = self.fleet.replace_replica(dead, tuple(row["part"]), owed)
             new = len(self.fleet.replicas) - 1, handle
-        self.log.append([schema.restart_record(time.time(), dead, new[0] if new else -1, done, owed,
-                                               self.used["replica"])])
+        self._log(schema.restart_record(time.time(), dead, new[0] if new else -1, done, owed,
+                                        self.used["replica"]))
         print(f"\ndownpour: replica {dead} died: {done} of its steps count, replica "
               f"{new[0] if new else '-'} does the {owed} it owed", file=self.out)
         return new
@@ -95,8 +96,7 @@ class Recovery:
         self.fleet.replace_shard(shard, state)
         self.lost_updates += lost
         incarnation = self.fleet.incarnations[shard]
-        self.log.append([schema.restore_record(time.time(), shard, incarnation, seq, state.version,
-                                               lost)])
+        self._log(schema.restore_record(time.time(), shard, incarnation, seq, state.version, lost))
         print(f"\ndownpour: shard {shard} died: recreated from checkpoint {seq} at version "
               f"{state.version} (incarnation {incarnation}; {lost} updates lost)", file=self.out)
 
@@ -113,7 +113,12 @@ class Recovery:
 
     def summary(self) -> dict:
         return {"replica_restarts": self.used["replica"], "shard_restores": self.used["shard"],
-                "lost_updates": self.lost_updates}
+                "lost_updates": self.lost_updates,
+                "events": list(self.records)}
+
+    def _log(self, record: dict) -> None:
+        self.records.append(record)
+        self.log.append([record])
 
 
 def gather(refs: list, timeout_s: float) -> list:

@@ -42,12 +42,17 @@ def latest_run(root: Path = Path("runs")) -> Path:
 def watch_run_dir(path: Path, interval_s: float, max_frames: Optional[int], out: TextIO) -> int:
     """Follows RUN_DIR/events.msgpack until the run writes summary.json (then one last frame)."""
     tail, live, screen = events.LogTail(path / schema.LOG_NAME), None, Screen(out)
+    summary, resumed_at = path / rundir.SUMMARY_NAME, 0.0
     while True:
-        finished = (path / rundir.SUMMARY_NAME).is_file()  # before reading: then nothing is missed
+        # before reading, so nothing is missed; a summary older than the last resume is the
+        # previous session's: the resumed run is still going
+        finished = summary.is_file() and summary.stat().st_mtime >= resumed_at
         try:
             records = tail.read_new()
         except events.LogError as exc:
             raise UserError(str(exc)) from None
+        resumed_at = max([resumed_at] + [r["t"] for r in records if r.get("kind") == "resume"])
+        finished = finished and summary.stat().st_mtime >= resumed_at
         if live is None and tail.header:
             live = LiveStats(tail.header)
         if live:

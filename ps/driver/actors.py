@@ -99,6 +99,7 @@ class Fleet:
         self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
         self.incarnations = [0] * self.c.shards
         self.homes: dict[int, dict] = {}  # replica id -> its placement options
+        self._node_refs: dict = {}  # replacement replica id -> the ref of its node id
 
     def start(self, states: Optional[list] = None, parts: Optional[list] = None,
               total_steps: Optional[int] = None) -> None:
@@ -140,12 +141,24 @@ class Fleet:
         return added
 
     def replace_replica(self, dead: int, part: tuple, total_steps: int):
-        """A new replica, the next id, in the dead one's place, on its part; returns its handle."""
+        """A new replica, the next id, in the dead one's place, on its part; returns its handle at
+        once (it starts while the job goes on: a run called on it waits for it)."""
         new_id = len(self.replicas)
         self.replicas.append(self._new_replica(new_id, self.homes[dead], part, total_steps))
-        self._wait_ready(self.replicas[-1:])
-        self.nodes["replicas"] += _node_ids(self.replicas[-1:])
+        self.nodes["replicas"].append(None)
+        self._node_refs[new_id] = _node_id_ref(self.replicas[-1])
         return self.replicas[-1]
+
+    def resolve_nodes(self, timeout_s: float = 1.0) -> None:
+        """Fills in the nodes of replacement replicas that have answered (None for the others)."""
+        for replica_id, ref in self._node_refs.items():
+            ready, _ = ray.wait([ref], timeout=timeout_s)
+            if ready:
+                try:
+                    self.nodes["replicas"][replica_id] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass  # it died before it answered: it ran nowhere
+        self._node_refs.clear()
 
     def replace_shard(self, shard: int, state) -> None:
         """Recreates `shard` from `state` as its next incarnation, in the dead one's place, and
@@ -193,8 +206,11 @@ class Fleet:
 
 def _node_ids(actors: list) -> list[Optional[str]]:
     """The Ray node each actor runs on, asked of the actor itself."""
-    return ray.get([a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
-                    for a in actors])
+    return ray.get([_node_id_ref(a) for a in actors])
+
+
+def _node_id_ref(actor):
+    return actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
 
 
 def _free_name(name: str) -> str:

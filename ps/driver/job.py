@@ -56,6 +56,7 @@ class TrainingJob:
         self.runs: dict = {}  # run ref -> replica id, for the replicas still training
         self.active: list[int] = list(range(self.c.replicas))  # the current generation
         self.retired: set[int] = set()
+        self.starting: dict[int, object] = {}  # replacement id -> its ready ref, until it is up
         self.stop_reason: Optional[str] = None
 
     def run(self) -> dict:
@@ -76,6 +77,7 @@ class TrainingJob:
             status, error, unexpected = "failed", short(exc), exc
         final, error = self._wind_down(status, error)
         status = "failed" if error and status == "completed" else status
+        self.fleet.resolve_nodes()
         head = {"run": self.fleet.name, "status": status, "error": error or self.diverged,
                 "stop_reason": self.stop_reason, "nodes": self.fleet.nodes}
         summary = self.stats.summary(self.c, head, final, time.time() - t0, self.c.event_log)
@@ -152,9 +154,12 @@ class TrainingJob:
         if new is None:
             self.active = [i for i in self.active if i != dead]
             return
-        new_id, _ = new
+        new_id, row = new
         self.active = [new_id if i == dead else i for i in self.active]
-        self._start_runs([new_id])
+        replica = self.fleet.replicas[new_id]
+        self.runs[replica.run.remote()] = new_id  # runs once the actor is up
+        self.starting[new_id] = replica.__ray_ready__.remote()
+        self.stats.update_replica(row)
 
     def _poll(self, progress: ProgressLine) -> None:
         self._drain()
@@ -180,7 +185,7 @@ class TrainingJob:
     def _refresh_progress(self) -> int:
         """Polls the replicas still training (a dead one is left to its run's error); returns
         `_steps_recorded`."""
-        ids = self._training()
+        ids = self._up(self._training())
         rows = gather([self.fleet.replicas[i].progress.remote() for i in ids], self.c.timeout_s)
         for row in rows:
             if not isinstance(row, Exception):
@@ -191,7 +196,7 @@ class TrainingJob:
     def _drain(self) -> None:
         """Moves buffered events from every actor into the log (one small call per actor per poll)
         and refreshes the shards' counters; a dead shard is recreated here."""
-        shards, live = list(self.fleet.shards), [self.fleet.replicas[i] for i in self._live_ids()]
+        shards, live = list(self.fleet.shards), [self.fleet.replicas[i] for i in self._up(self._live_ids())]
         batches = gather([a.drain_events.remote() for a in shards + live], self.c.timeout_s)
         for batch in batches:
             if not isinstance(batch, Exception):  # a dead replica is found by its run's error
@@ -232,6 +237,14 @@ class TrainingJob:
         self.checkpoints.frozen = True
         print(f"\ndownpour: {self.diverged}", file=self.out)
         self._stop_replicas()
+
+    def _up(self, ids: list[int]) -> list[int]:
+        """Those of `ids` whose actor has started (a replacement starts while the job goes on, and
+        asking it anything would wait for it)."""
+        for i, ref in list(self.starting.items()):
+            if ray.wait([ref], timeout=0)[0]:
+                del self.starting[i]
+        return [i for i in ids if i not in self.starting]
 
     def _live_ids(self) -> list[int]:
         return [i for i in range(len(self.fleet.replicas)) if i not in self.retired]

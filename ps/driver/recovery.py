@@ -61,9 +61,9 @@ class Recovery:
                             f"{self.used[role]} {role}s already: raise {flag} to allow more")
         self.used[role] += 1
 
-    def replace_replica(self, dead: int, shard_stats: list[dict]) -> Optional[tuple[int, object]]:
+    def replace_replica(self, dead: int, shard_stats: list[dict]) -> Optional[tuple[int, dict]]:
         """Counts the dead replica's steps that every shard received, then starts a replacement for
-        the steps it owed; returns (new id, its handle) or None when it owed none."""
+        the steps it owed; returns (new id, its first progress row) or None when it owed none."""
         row = self.stats.replicas[dead]
         received = min(s["pushes_from"].get(dead, 0) for s in shard_stats)
         done = min(row["total_steps"], received * self.n_push)
@@ -72,8 +72,11 @@ class Recovery:
                                    "running": False, "died": True}, final=True)
         new = None
         if owed > 0:
-            handle = self.fleet.replace_replica(dead, tuple(row["part"]), owed)
-            new = len(self.fleet.replicas) - 1, handle
+            self.fleet.replace_replica(dead, tuple(row["part"]), owed)
+            new = len(self.fleet.replicas) - 1, {
+                "replica": len(self.fleet.replicas) - 1, "step": 0, "total_steps": owed,
+                "part": row["part"], "samples": 0, "t_first": None, "t_last": time.time(),
+                "running": False}
         self._log(schema.restart_record(time.time(), dead, new[0] if new else -1, done, owed,
                                         self.used["replica"]))
         print(f"\ndownpour: replica {dead} died: {done} of its steps count, replica "
@@ -103,11 +106,13 @@ class Recovery:
     def inject(self, fault: Fault, injector: FaultInjector, training: list[int]) -> None:
         """Kills the actor a due fault names (a replica only while it trains), as a crash would."""
         replica = fault.role == "replica"
-        who = injector.pick(fault, training if replica else list(range(len(self.fleet.shards))))
+        alive = [i for i in (training if replica else range(len(self.fleet.shards)))
+                 if (fault.role, i) not in self.injected]
+        who = injector.pick(fault, alive)
         if who is None:
             print(f"\ndownpour: fault {fault} skipped: no such {fault.role} is running", file=self.out)
             return
-        self.injected.add((fault.role, who))
+        self.injected.add((fault.role, who))  # until its death is found: not killed twice
         print(f"\ndownpour: injecting fault {fault}: killing {fault.role} {who}", file=self.out)
         ray.kill((self.fleet.replicas if replica else self.fleet.shards)[who], no_restart=True)
 

@@ -128,7 +128,8 @@ def window_span(window: Optional[tuple], span: float) -> tuple[float, float]:
 def staleness_axes(title: str, rows: int):
     """The histogram on the left half; on the right, `rows` heat maps stacked on one time axis."""
     plt = require_matplotlib()
-    fig = plt.figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    # heat maps keep a readable height each: a run with many replicas (restarts add ids) grows taller
+    fig = plt.figure(figsize=(FIGSIZE[0], max(FIGSIZE[1], 0.6 * rows + 1)), dpi=DPI, layout="constrained")
     fig.suptitle(title)
     grid = fig.add_gridspec(rows, 2)
     left = fig.add_subplot(grid[:, 0])

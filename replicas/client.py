@@ -152,8 +152,14 @@ class RayShardClient(ShardClient):
             ref, shard = ready[0], index[ready[0]]
             try:
                 reply = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:  # unreachable for now: ask it again
+                self._mark_lost(ref)
+                retry = self.shards[shard].pull.remote()
+                index[retry], incarnation[retry] = shard, incarnation[ref]
+                pending.append(retry)
+                continue
             except ray.exceptions.RayActorError:  # that shard died: read its next incarnation
-                self._known[ref] = LOST
+                self._mark_lost(ref)
                 retry = self._reconnect(shard, incarnation[ref]).pull.remote()
                 index[retry], incarnation[retry] = shard, self.incarnations[shard]
                 pending.append(retry)
@@ -161,6 +167,11 @@ class RayShardClient(ShardClient):
             if isinstance(reply, PushPullReply):
                 self._known[ref] = reply.push
             yield shard, reply, incarnation[ref]
+
+    def _mark_lost(self, ref) -> None:
+        """A push_pull whose reply died: its round settles as LOST (a plain pull has no round)."""
+        if any(ref in round_.handles for round_ in self._rounds):
+            self._known[ref] = LOST
 
     def _send_push(self, pieces, stamps, replica_id, and_pull) -> tuple[list, tuple]:
         # .remote() serialises each piece now, so the gradient buffer can be reused at once
@@ -178,6 +189,8 @@ class RayShardClient(ShardClient):
             return self._known.pop(ref)
         try:
             reply = ray.get(ref, timeout=self.timeout_s)
+        except ray.exceptions.ActorUnavailableError:
+            return LOST  # perhaps applied, perhaps not: the shard is still this incarnation
         except ray.exceptions.RayActorError:
             self._reconnect(shard, incarnation)
             return LOST
@@ -185,11 +198,11 @@ class RayShardClient(ShardClient):
 
     def _reconnect(self, shard: int, dead: int):
         """The handle of an incarnation of `shard` newer than `dead`, from the directory, once the
-        job has recreated it; raises if it does not within timeout_s."""
+        job has recreated it; raises if it does not within timeout_s or the job gave it up."""
         if self.incarnations[shard] > dead:  # another call already found the new one
             return self.shards[shard]
         if self.directory is None:
-            raise ray.exceptions.RayActorError(f"shard {shard} died and this job recreates no shards")
+            raise RuntimeError(f"shard {shard} died and this job recreates no shards")
         deadline, pause = time.monotonic() + self.timeout_s, RECONNECT_POLL_S[0]
         while (found := ray.get(self.directory.shard.remote(shard, dead + 1),
                                 timeout=self.timeout_s)) is None:
@@ -198,7 +211,9 @@ class RayShardClient(ShardClient):
                                    f"{self.timeout_s:g} s")
             time.sleep(pause)  # waiting for the job to restore the shard: nothing to do meanwhile
             pause = min(2 * pause, RECONNECT_POLL_S[1])
-        self.incarnations[shard], self.shards[shard] = found
+        if found[0] < 0:
+            raise RuntimeError(f"shard {shard} died and the job gave it up")
+        self.shards[shard], self.incarnations[shard] = found[1], found[0]
         return self.shards[shard]
 
 

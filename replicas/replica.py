@@ -197,7 +197,8 @@ class ModelReplica:
                 "steps_per_epoch": self.steps_per_epoch,
                 "samples": self.step * self.c.batch_size, "t_first": self.t_first,
                 "t_last": self.t_end or time.time(), "running": self._started and not self._ended,
-                "part": list(self.part), "loss": None if self._loss is None else float(self._loss)}
+                "part": list(self._next_part or self.part),  # a reassigned part counts from now
+                "loss": None if self._loss is None else float(self._loss)}
 
     def reassign(self, part: tuple[int, int, int], total_steps: int) -> bool:
         """When the job is scaled: train on `part` from the next batch on, and end after

@@ -19,6 +19,7 @@ def test_a_test_loss_over_factor_times_its_best_raises_it_and_better_ones_lower_
     assert alarm.evaluation(3.9) is None
     assert "4x its best 1" in alarm.evaluation(4.1)
     assert "nan" in alarm.evaluation(math.nan)
+    assert "not finite" in alarm.evaluation(None)  # what score() gives for a non-finite loss
 
 
 def test_factor_zero_only_watches_for_non_finite_losses():

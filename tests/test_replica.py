@@ -170,6 +170,6 @@ def test_progress_reports_samples_times_and_whether_the_loop_runs():
     assert during[0]["running"] and during[0]["samples"] == 2 * BATCH and during[0]["t_first"]
     after = replica.progress()
     assert set(after) == {"replica", "step", "total_steps", "steps_per_epoch", "samples",
-                          "t_first", "t_last", "running"}
+                          "t_first", "t_last", "running", "part", "loss"}
     assert (after["running"], after["samples"]) == (False, 3 * BATCH)
     assert (after["t_first"], after["t_last"]) == (result["t_first"], result["t_last"])

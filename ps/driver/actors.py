@@ -164,6 +164,7 @@ class Fleet:
         """Recreates `shard` from `state` as its next incarnation, in the dead one's place, and
         tells the replicas (through the controller) and the evaluator where it is."""
         self.incarnations[shard] += 1
+        ray.kill(self.shards[shard], no_restart=True)  # dead already, or not quite: it must not answer
         self.shards[shard] = self._new_shard(shard, state.values, self.reservations[0].options(shard),
                                              state)
         self._wait_ready(self.shards[shard:shard + 1])

@@ -22,6 +22,7 @@ class JobController:
         self._scale_answers: dict[int, dict] = {}
         self._next_id = 0
         self._shards: dict[int, tuple[int, object]] = {}  # shard -> (incarnation, actor handle)
+        self._given_up: set[int] = set()
 
     def publish(self, snapshot: dict) -> dict:
         """From the driver: the newest snapshot in; the pending commands out (each given once)."""
@@ -53,7 +54,14 @@ class JobController:
         """From the driver, once a recreated shard is ready."""
         self._shards[shard] = (incarnation, handle)
 
+    def give_up(self, shard: int) -> None:
+        """From the driver: `shard` stays dead; replicas waiting for it stop waiting."""
+        self._given_up.add(shard)
+
     def shard(self, shard: int, min_incarnation: int) -> Optional[tuple[int, object]]:
-        """(incarnation, handle) of `shard` if it is at least `min_incarnation`, else None (yet)."""
+        """(incarnation, handle) of `shard` if it is at least `min_incarnation`, else None (yet);
+        (-1, None) if the job gave it up."""
+        if shard in self._given_up:
+            return -1, None
         found = self._shards.get(shard)
         return found if found is not None and found[0] >= min_incarnation else None

@@ -17,10 +17,11 @@ class DivergenceAlarm:
             return f"replica {replica}'s training loss is {loss}"
         return None
 
-    def evaluation(self, loss: float) -> Optional[str]:
-        """Why the run diverges, from a test loss, or None; remembers the best."""
-        if not math.isfinite(loss):
-            return f"the test loss is {loss}"
+    def evaluation(self, loss: Optional[float]) -> Optional[str]:
+        """Why the run diverges, from a test loss (None: it was not finite), or None; remembers
+        the best."""
+        if loss is None or not math.isfinite(loss):
+            return f"the test loss is {'not finite' if loss is None else loss}"
         if self.factor and self.best is not None and loss > self.factor * self.best:
             return f"the test loss {loss:.4g} is over {self.factor:g}x its best {self.best:.4g}"
         self.best = loss if self.best is None else min(self.best, loss)

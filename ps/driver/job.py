@@ -135,20 +135,20 @@ class TrainingJob:
         except ray.exceptions.RayActorError as exc:
             if not died(exc):
                 raise
-            dead = self.runs.pop(ref)
-            if self.winding_down:  # no replacement now: its last progress stands
-                self.retired.add(dead)
-            else:
-                self._replica_died(dead, exc)
+            self._replica_died(self.runs.pop(ref), exc)
             return
         self.stats.update_replica(result, final=True)
         del self.runs[ref]
         self._check_loss(result)
 
     def _replica_died(self, dead: int, exc: BaseException) -> None:
-        """Counts what the dead replica did and starts its replacement on the rest."""
+        """Counts what the dead replica did and starts its replacement on the rest, unless the job
+        no longer wants its steps (stopping, ending, or a rescale dropped it)."""
         self.retired.add(dead)
-        self.recovery.record_fault("replica", dead, exc)
+        detail = self.recovery.record_fault("replica", dead, exc)
+        if self._stopping() or dead not in self.active:
+            return  # its last progress stands
+        self.recovery.charge("replica", dead, detail)
         self._drain()  # the shards' push counts, fresh (and any dead shard restored first)
         new = self.recovery.replace_replica(dead, self.stats.shard_stats)
         if new is None:
@@ -160,6 +160,9 @@ class TrainingJob:
         self.runs[replica.run.remote()] = new_id  # runs once the actor is up
         self.starting[new_id] = replica.__ray_ready__.remote()
         self.stats.update_replica(row)
+
+    def _stopping(self) -> bool:
+        return bool(self.winding_down or self.stop_reason or self.diverged)
 
     def _poll(self, progress: ProgressLine) -> None:
         self._drain()
@@ -204,7 +207,7 @@ class TrainingJob:
                 self.live.ingest(batch)
                 self.stats.ingest(batch)
         for shard, batch in enumerate(batches[:len(shards)]):
-            if isinstance(batch, Exception):
+            if isinstance(batch, Exception) and died(batch):
                 self._shard_died(shard, batch)
         for shard, answer in enumerate(gather([s.stats.remote() for s in self.fleet.shards],
                                               self.c.timeout_s)):
@@ -212,7 +215,10 @@ class TrainingJob:
                 self.stats.shard_stats[shard] = answer
 
     def _shard_died(self, shard: int, exc: BaseException) -> None:
-        self.recovery.record_fault("shard", shard, exc)
+        """Recreates the shard (even while the job ends: replicas finishing their step wait for it)."""
+        if shard in self.recovery.given_up:
+            return
+        self.recovery.charge("shard", shard, self.recovery.record_fault("shard", shard, exc))
         self.recovery.restore_shard(shard)
         self.stats.shard_stats[shard] = ray.get(self.fleet.shards[shard].stats.remote(),
                                                 timeout=self.c.timeout_s)
@@ -220,6 +226,8 @@ class TrainingJob:
     def _inject(self, steps: int) -> None:
         """Kills the actors whose injected fault is due; the job then finds them dead as it would
         any other, at its next wait on them."""
+        if self._stopping():
+            return
         for fault in self.injector.due(time.time() - self.t_start, steps, self.budget.total_steps):
             self.recovery.inject(fault, self.injector, self._training())
 
@@ -259,8 +267,7 @@ class TrainingJob:
 
     def _retire_now(self, ids: list[int]) -> None:
         """For a rescale: waits for these replicas' runs (they are ending), drains, frees them."""
-        for ref in [ref for ref, i in self.runs.items() if i in ids]:
-            self._collect(ref)
+        self._await_runs([ref for ref, i in self.runs.items() if i in ids], tolerant=False)
         self._drain()
         self.active = [i for i in self.active if i not in ids]
         self._retire_removed()
@@ -285,6 +292,7 @@ class TrainingJob:
         if ok:
             self.active = members
             self._start_runs(started)
+            self._refresh_progress()  # each kept replica's new part and share, should it die
         return ok, message
 
     def _stop_replicas(self) -> None:
@@ -308,7 +316,7 @@ class TrainingJob:
             final = self.evals.final(self.c.dry_run)
             path = str(self.path.resolve() / rundir.MODEL_NAME)
             ray.get(self.fleet.evaluator.save.remote(path), timeout=self.c.timeout_s)
-        except (*RAY_FAILURES, KeyboardInterrupt) as exc:
+        except (*RAY_FAILURES, ActorLost, KeyboardInterrupt) as exc:
             print(f"downpour: no final evaluation: {short(exc)}", file=self.out)
             return {}, error or f"final evaluation: {short(exc)}"
         self.log.append([schema.eval_record(time.time(), final["accuracy"], final["loss"],
@@ -319,14 +327,29 @@ class TrainingJob:
 
     def _stop_all(self) -> None:
         """After an interrupt or a failure: every replica still alive ends its step, its pushes land."""
-        alive = list(self.runs.items())
         self._stop_replicas()
-        for ref, i in alive:
-            try:
-                self._collect(ref)
-            except RAY_FAILURES:  # its run failed: its progress says what it did, if it still answers
-                self.runs.pop(ref, None)
-                self._last_progress(i)
+        self._await_runs(list(self.runs), tolerant=True)
+
+    def _await_runs(self, refs: list, tolerant: bool) -> None:
+        """Collects these runs as they end, draining between waits: a shard that dies meanwhile is
+        restored, so replicas finishing a step on it do not wait for it in vain. `tolerant`: a
+        failed run leaves its last progress instead of raising."""
+        deadline, pending = time.monotonic() + self.c.timeout_s, list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+            for ref in done:
+                replica_id = self.runs.get(ref)
+                try:
+                    self._collect(ref)
+                except RAY_FAILURES:
+                    if not tolerant:
+                        raise
+                    self.runs.pop(ref, None)  # its progress says what it did, if it still answers
+                    self._last_progress(replica_id)
+            if pending and time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(pending)} replicas did not end within {self.c.timeout_s:g} s")
+            if pending:
+                self._drain()
 
     def _last_progress(self, replica_id: int) -> None:
         try:

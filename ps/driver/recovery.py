@@ -32,8 +32,10 @@ class ActorLost(RuntimeError):
 
 
 def died(exc: BaseException) -> bool:
-    """The actor itself is gone (killed, crashed, its node lost), as opposed to a method that raised."""
-    return isinstance(exc, ray.exceptions.RayActorError) and not isinstance(exc, ray.exceptions.RayTaskError)
+    """The actor itself is gone (killed, crashed, its node lost), as opposed to a method that
+    raised, or an actor Ray only could not reach for a moment."""
+    return isinstance(exc, ray.exceptions.RayActorError) and not isinstance(
+        exc, (ray.exceptions.RayTaskError, ray.exceptions.ActorUnavailableError))
 
 
 class Recovery:
@@ -46,19 +48,28 @@ class Recovery:
         self.used = {"replica": 0, "shard": 0}
         self.injected: set[tuple[str, int]] = set()  # (role, id) killed by the fault injector
         self.lost_updates = 0
+        self.given_up: set[int] = set()  # shards that stay dead
+        self.timeout_s = fleet.c.timeout_s
         self.records: list[dict] = []  # every fault, restart and restore record, for the summary
 
-    def record_fault(self, role: str, actor: int, exc: BaseException) -> None:
-        """Logs the death and checks the budget; raises ActorLost when it is spent."""
+    def record_fault(self, role: str, actor: int, exc: BaseException) -> str:
+        """Logs the death (every one, replaced or not); returns Ray's reason, one line."""
         cause = "injected" if (role, actor) in self.injected else "died"
         self.injected.discard((role, actor))  # a shard's next incarnation may die on its own
         text = str(exc).strip().splitlines()
         detail = text[0][:200] if text else type(exc).__name__
         self._log(schema.fault_record(time.time(), role, actor, cause, detail))
+        return detail
+
+    def charge(self, role: str, actor: int, detail: str) -> None:
+        """Counts one more replacement, or raises ActorLost when --max-ROLE-restarts is spent (a
+        shard given up is never restored: replicas waiting for it are told so)."""
         if self.used[role] >= self.limits[role]:
-            flag = f"--max-{role}-restarts"
+            if role == "shard":
+                self.given_up.add(actor)
+                ray.get(self.fleet.controller.give_up.remote(actor), timeout=self.timeout_s)
             raise ActorLost(f"{role} {actor} died ({detail}) and the job has replaced "
-                            f"{self.used[role]} {role}s already: raise {flag} to allow more")
+                            f"{self.used[role]} {role}s already: raise --max-{role}-restarts to allow more")
         self.used[role] += 1
 
     def replace_replica(self, dead: int, shard_stats: list[dict]) -> Optional[tuple[int, dict]]:
@@ -68,7 +79,7 @@ class Recovery:
         received = min(s["pushes_from"].get(dead, 0) for s in shard_stats)
         done = min(row["total_steps"], received * self.n_push)
         owed = row["total_steps"] - done
-        self.stats.update_replica({**row, "step": done, "samples": done * self.batch_size,
+        self.stats.update_replica({**row, "step": done, "steps": done, "samples": done * self.batch_size,
                                    "running": False, "died": True}, final=True)
         new = None
         if owed > 0:
@@ -90,6 +101,8 @@ class Recovery:
         for line in warnings:
             print(f"\ndownpour: warning: {line}", file=self.out)
         if found is None:
+            self.given_up.add(shard)
+            ray.get(self.fleet.controller.give_up.remote(shard), timeout=self.timeout_s)
             raise ActorLost(f"shard {shard} died and no checkpoint of it could be read")
         seq, state = found
         last = self.stats.shard_stats[shard] or {"version": state.version,
@@ -127,8 +140,8 @@ class Recovery:
 
 
 def gather(refs: list, timeout_s: float) -> list:
-    """Each ref's value, or the RayActorError its actor died with; anything else raises, and so
-    does a reply that does not come within timeout_s."""
+    """Each ref's value, or the RayActorError its actor died with (or was unreachable with, for
+    now); anything else raises, and so does a reply that does not come within timeout_s."""
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     if len(ready) < len(refs):
         raise TimeoutError(f"{len(refs) - len(ready)} actors did not answer within {timeout_s:g} s")
@@ -137,7 +150,7 @@ def gather(refs: list, timeout_s: float) -> list:
         try:
             out.append(ray.get(ref))
         except ray.exceptions.RayActorError as exc:
-            if not died(exc):
+            if not died(exc) and not isinstance(exc, ray.exceptions.ActorUnavailableError):
                 raise
             out.append(exc)
     return out

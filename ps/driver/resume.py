@@ -61,7 +61,7 @@ def prepare_resume(run_dir: str, overrides: dict, source: str,
                    warn: Callable[[str], None]) -> tuple[Prepared, Path, int]:
     """Everything a resumed job needs, checked before Ray starts; returns (prepared, run
     directory, byte offset where the event log's last complete record ends)."""
-    path = _require_run(run_dir)
+    path, log_end = _require_run(run_dir)
     found = checkpoint.latest_set(path / DIR_NAME, warn)
     if found is None:
         raise UserError(f"--resume {path}: no checkpoint under {path / DIR_NAME} can be read; "
@@ -80,27 +80,27 @@ def prepare_resume(run_dir: str, overrides: dict, source: str,
         raise UserError(f"--resume {path}: the run has done {job['steps_done']} of its "
                         f"{budget.total_steps} steps: give more --epochs or --steps to continue it")
     share = ceil_div(steps_left, c.replicas)
-    for st in states:  # the schedule ends where the resumed run ends
-        st.planned_updates = st.version + ceil_div(share, c.n_push) * c.replicas
+    for st in states:
+        st.planned_updates = st.version + ceil_div(share, c.n_push) * c.replicas  # ends with the run
+        st.counters["pushes_from"] = {}  # replica ids start again at 0: old counts would be theirs
     generation = job.get("generation", 0) + 1
     prior = {"steps": job["steps_done"], "train_samples": job.get("train_samples", 0),
              "evaluations": job.get("evaluations", []), "wall_time_s": job.get("wall_time_s", 0.0)}
     prepared.resume = Resume(seq, states, [(c.replicas, k, generation) for k in range(c.replicas)],
                              share, generation, prior, [st.version for st in states])
     prepared.asked = {**job["config"], **{k: v for k, v in overrides.items() if k in RESUMABLE}}
-    _, log_end = events.header_and_end(path / schema.LOG_NAME)
     return prepared, path, log_end
 
 
-def _require_run(run_dir: str) -> Path:
+def _require_run(run_dir: str) -> tuple[Path, int]:
+    """The run directory, and where its event log's last complete record ends."""
     path = rundir.require_run(run_dir)
     if not (path / rundir.CONFIG_NAME).is_file():
         raise UserError(f"--resume {path}: no {rundir.CONFIG_NAME}: is it a downpour run directory?")
     try:
-        events.header_and_end(path / schema.LOG_NAME)
+        return path, events.header_and_end(path / schema.LOG_NAME)[1]
     except events.LogError as exc:
         raise UserError(f"--resume {path}: {exc}") from None
-    return path
 
 
 def _resumed_config(saved: dict, overrides: dict, source: str, path: Path) -> cfg.TrainConfig:

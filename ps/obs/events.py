@@ -40,24 +40,24 @@ def read_events(path: Path) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise LogError(f"no event log at {path}: is this a downpour run directory?")
-    unpacker = msgpack.Unpacker(raw=False)
-    with open(path, "rb") as f:
-        unpacker.feed(f.read())
     first = True
-    try:
-        for record in unpacker:
+    with open(path, "rb") as f:  # streamed: a long run's log need not fit in memory
+        unpacker = msgpack.Unpacker(f, raw=False)
+        try:
+            for record in unpacker:
+                if first:
+                    _check_header(record, path)
+                    first = False
+                yield record
+        except (msgpack.UnpackException, ValueError) as exc:
             if first:
-                _check_header(record, path)
-                first = False
-            yield record
-    except (msgpack.UnpackException, ValueError) as exc:
-        if first:
-            raise LogError(f"{path} is not a downpour event log: its first record is unreadable") from None
-        warnings.warn(f"{path}: skipped a corrupt record at the end ({exc})")
+                raise LogError(f"{path} is not a downpour event log: its first record is unreadable") from None
+            warnings.warn(f"{path}: skipped a corrupt record at the end ({exc})")
+        read = unpacker.tell()
     if first:
         raise LogError(f"{path} holds no records: the run stopped before its actors started")
-    if unpacker.tell() < path.stat().st_size:
-        warnings.warn(f"{path}: skipped a torn last record ({path.stat().st_size - unpacker.tell()} bytes)")
+    if read < path.stat().st_size:
+        warnings.warn(f"{path}: skipped a torn last record ({path.stat().st_size - read} bytes)")
 
 
 class LogTail:
@@ -99,18 +99,19 @@ def _check_header(record: dict, path: Path) -> None:
 
 def header_and_end(path: Path) -> tuple[dict, int]:
     """The log's header (checked) and the byte offset just after its last complete record: where
-    a resumed run appends, cutting off a record torn by a crash."""
-    unpacker, header, end = msgpack.Unpacker(raw=False), None, 0
+    a resumed run appends, cutting off a record torn by a crash. Streams the file: a long run's
+    log need not fit in memory (nor in msgpack's default buffer)."""
+    header, end = None, 0
     with open(path, "rb") as f:
-        unpacker.feed(f.read())
-    try:
-        for record in unpacker:
-            if header is None:
-                _check_header(record, path)
-                header = record
-            end = unpacker.tell()
-    except (msgpack.UnpackException, ValueError):
-        pass  # a corrupt tail: it ends at the last good record
+        unpacker = msgpack.Unpacker(f, raw=False)
+        try:
+            for record in unpacker:
+                if header is None:
+                    _check_header(record, path)
+                    header = record
+                end = unpacker.tell()
+        except (msgpack.UnpackException, ValueError):
+            pass  # a corrupt tail: it ends at the last good record
     if header is None:
         raise LogError(f"{path} holds no readable header: is this a downpour run directory?")
     return header, end

@@ -165,3 +165,12 @@ def test_the_summary_reports_faults_and_checkpoints_of_an_undisturbed_run(ray_se
     assert summary["checkpoints"]["last_versions"] == summary["updates"]
     job_state = json.loads((checkpoint.set_dir(run_dir / "checkpoints", 1) / "job.json").read_text())
     assert job_state["steps_done"] == 2 * 20 and math.isclose(job_state["train_samples"], 2 * 20 * 32)
+
+
+def test_a_shard_death_beyond_the_restart_budget_fails_the_run_cleanly(ray_session, tmp_path):
+    run_dir, summary = train(job(tmp_path, "budget", inject_faults="shard:0@30%", max_shard_restarts=0))
+    assert summary["status"] == "failed"
+    assert "--max-shard-restarts" in summary["error"]
+    (fault,) = records(run_dir, "fault")
+    assert (fault["role"], fault["id"]) == ("shard", 0) and not records(run_dir, "restore")
+    assert (run_dir / "summary.json").is_file()  # written, as for any failed run

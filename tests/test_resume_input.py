@@ -3,6 +3,7 @@ directories made by hand in tmp_path, the happy paths (same plan, re-shard, more
 every bad input, which must be one UserError line with nothing in the folder changed."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -393,3 +394,16 @@ def test_submit_resume_runs_train_resume_on_the_head_node():
     assert entrypoint({"replicas": 3, "tensorboard": True}, "~/downpour-runs/r1", resume=True) == \
         "downpour train --replicas 3 --tensorboard --address auto --resume ~/downpour-runs/r1"
     assert entrypoint({}, "runs/a b", resume=True).endswith("--resume 'runs/a b'")
+
+
+def test_a_run_directory_has_one_driver_at_a_time(tmp_path):
+    with rundir.driver_lock(tmp_path):
+        with pytest.raises(UserError, match="being written by a running downpour"):
+            with rundir.driver_lock(tmp_path):
+                pass
+    assert not (tmp_path / rundir.LOCK_NAME).exists()  # released
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / rundir.LOCK_NAME).write_text(str(dead.pid))  # left by a driver that died
+    with rundir.driver_lock(tmp_path):
+        assert (tmp_path / rundir.LOCK_NAME).read_text() == str(os.getpid())

@@ -92,7 +92,11 @@ def add_submit_parser(sub) -> None:
 def handle_submit(args) -> int:
     values, source = config_values(args)
     values.pop("address", None)  # the job joins the cluster it runs in
-    config = cfg.from_mapping(values, source)  # every check runs here, before anything is sent
+    # every check runs here, before anything is sent; a resume's flags are checked on the head
+    # node against the run's own configuration (here each is only parsed)
+    config = cfg.from_mapping({} if args.resume else values, source)
+    if args.resume:
+        cfg.parse_values(values, source)
     use_token_auth()
     from ps.cli import submission
 

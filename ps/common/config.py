@@ -87,16 +87,22 @@ _CHOICES = {"device": DEVICES, "placement": ("spread", "pack")}
 
 
 def from_mapping(values: dict, source: str) -> TrainConfig:
-    """Build a config from YAML or flag values; unknown keys and wrong types are UserErrors."""
+    """Build a config from YAML or flag values; unknown keys, wrong types and values out of
+    range are UserErrors."""
+    config = TrainConfig(**parse_values(values, source))
+    validate(config)
+    return config
+
+
+def parse_values(values: dict, source: str) -> dict:
+    """Each value checked on its own (known key, right type): field name -> value."""
     checked = {}
     for key, value in values.items():  # 'batch-size' and 'batch_size' are one key; the last wins
         name = str(key).replace("-", "_")
         if name not in FIELDS:
             raise UserError(f"{source}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")
         checked[name] = _coerce(name, value, source)
-    config = TrainConfig(**checked)
-    validate(config)
-    return config
+    return checked
 
 
 def load_yaml(path: str) -> dict:

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,7 @@ from ps.common.errors import UserError
 from ps.common.schema import LOG_NAME
 
 CONFIG_NAME, SUMMARY_NAME, MODEL_NAME = "config.yaml", "summary.json", "model.pt"
+LOCK_NAME = ".driver.lock"  # the pid of the driver writing the folder, while it runs
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # a colon breaks scp and PATH-like lists; a slash nests
 
 
@@ -45,9 +47,50 @@ def create(run_dir: Optional[str], label: str, root: str = "runs") -> Path:
 
 
 def remove_if_empty(path: Path) -> None:
-    """Undoes `create` when the job stops before writing anything."""
-    if path.is_dir() and not any(path.iterdir()):
+    """Undoes `create` when the job stops before writing anything (but its lock)."""
+    if path.is_dir() and all(p.name == LOCK_NAME for p in path.iterdir()):
+        (path / LOCK_NAME).unlink(missing_ok=True)
         path.rmdir()
+
+
+@contextmanager
+def driver_lock(path: Path):
+    """Held while a driver writes the run directory: a second driver (a `--resume` of a run that
+    is still going) is refused instead of interleaving its log and checkpoints with the first's.
+    A lock left by a driver that died (its pid is gone) is taken over."""
+    lock = path / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        pid = _pid_in(lock)
+        if pid is not None and _alive(pid):
+            raise UserError(f"run_dir {path} is being written by a running downpour (pid {pid}): "
+                            "wait for it to end, or stop it with `downpour stop`") from None
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_in(lock: Path) -> Optional[int]:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def write_config(path: Path, config: dict) -> None:

@@ -67,10 +67,10 @@ def restart_record(t: float, dead: int, new: int, steps_done: int, steps_owed: i
             "steps_owed": steps_owed, "restarts": restarts}
 
 
-def restore_record(t: float, shard: int, incarnation: int, seq: Optional[int], version: int,
+def restore_record(t: float, shard: int, incarnation: int, seq: int, version: int,
                    lost_updates: int) -> dict:
-    """Shard `shard` was recreated as `incarnation` from checkpoint `seq` (None: the initial
-    parameters) at `version`; `lost_updates` applied since then were lost (at least this many)."""
+    """Shard `shard` was recreated as `incarnation` from checkpoint `seq` at `version`;
+    `lost_updates` applied since then were lost (at least this many)."""
     return {"kind": "restore", "t": t, "shard": shard, "incarnation": incarnation, "seq": seq,
             "version": version, "lost_updates": lost_updates}
 

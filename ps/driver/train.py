@@ -44,8 +44,16 @@ def resume(run_dir: str, overrides: dict, source: str, out=None) -> tuple[Path, 
 
 
 def _run(prepared, path: Path, out, log_end: Optional[int]) -> tuple[Path, dict]:
-    """Connects, reserves the cluster's room, runs the job. `log_end`: a resumed run's event log
-    is cut there (after its last complete record) and appended to."""
+    """Connects, reserves the cluster's room, runs the job, holding the run directory's lock.
+    `log_end`: a resumed run's event log is cut there (after its last complete record) and
+    appended to."""
+    with rundir.driver_lock(path):
+        summary = _run_locked(prepared, path, out, log_end)
+    _report(summary, path, out)
+    return path, summary
+
+
+def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
     c, fresh = prepared.config, log_end is None
     started, previous_sigterm = False, None
     try:
@@ -74,8 +82,7 @@ def _run(prepared, path: Path, out, log_end: Optional[int]) -> tuple[Path, dict]
             signal.signal(signal.SIGTERM, previous_sigterm)
         if started:
             ray.shutdown()
-    _report(summary, path, out)
-    return path, summary
+    return summary
 
 
 def _cut_torn_tail(log: Path, end: int, out) -> None:

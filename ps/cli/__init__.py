@@ -5,7 +5,9 @@ inspect.py (staleness, report, top, plan, eval). User errors print one line and 
 """
 
 import argparse
+import difflib
 import os
+import re
 import sys
 import warnings
 
@@ -19,10 +21,55 @@ PARSERS = (train.add_train_parser, train.add_submit_parser, jobs.add_job_parsers
            inspect.add_plan_parser, inspect.add_eval_parser)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with our way of failing: one line, a did-you-mean for a mistyped flag or command,
+    exit 2 (instead of the whole usage text)."""
+
+    def parse_args(self, args=None, namespace=None):
+        self.argv = sys.argv[1:] if args is None else list(args)
+        return super().parse_args(args, namespace)
+
+    def error(self, message: str):
+        command = self._command()
+        where = command or self
+        hint = _did_you_mean(message, _flags(where), list(self._commands()))
+        name = f"{self.prog} {command.prog.split()[-1]}" if command else self.prog
+        print(f"downpour: error: {message}{hint}; see `{name} --help`", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+    def _commands(self) -> dict:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices
+        return {}
+
+    def _command(self) -> "argparse.ArgumentParser | None":
+        """The subcommand's parser, when the top-level parser reports what it left unparsed."""
+        words = [w for w in getattr(self, "argv", []) if not w.startswith("-")]
+        return self._commands().get(words[0]) if words else None
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings]
+
+
+def _did_you_mean(message: str, flags: list[str], commands: list[str]) -> str:
+    choice = re.search(r"invalid choice: '([^']*)'", message)
+    if choice:
+        close = difflib.get_close_matches(choice.group(1), commands, n=1, cutoff=0.6)
+        return f" (did you mean {close[0]}?)" if close else ""
+    for flag in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", message.partition(":")[2]):
+        close = difflib.get_close_matches(flag.partition("=")[0], flags, n=1, cutoff=0.6)
+        if close and close[0] != flag:
+            return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.",
-                                     allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="downpour", description="Asynchronous Downpour SGD on Ray.",
+                           allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=OneLineParser)
     for add in PARSERS:
         add(sub)
     return parser

@@ -53,10 +53,13 @@ def checkpoint_record(t: float, seq: int, versions: list[int], path: str) -> dic
     return {"kind": "checkpoint", "t": t, "seq": seq, "versions": versions, "path": path}
 
 
-def fault_record(t: float, role: str, actor: int, cause: str, detail: str) -> dict:
+def fault_record(t: float, role: str, actor: int, cause: str, detail: str,
+                 node: Optional[str] = None) -> dict:
     """The job found an actor dead: `role` "replica" or "shard", its id; `cause` "injected" (the
-    fault injector killed it) or "died"; `detail` the first line of Ray's error."""
-    return {"kind": "fault", "t": t, "role": role, "id": actor, "cause": cause, "detail": detail}
+    fault injector killed it) or "died"; `detail` the first line of Ray's error; `node` the Ray
+    node it ran on (None if unknown)."""
+    return {"kind": "fault", "t": t, "role": role, "id": actor, "cause": cause, "detail": detail,
+            "node": node}
 
 
 def restart_record(t: float, dead: int, new: int, steps_done: int, steps_owed: int,

@@ -78,8 +78,10 @@ class TrainingJob:
         final, error = self._wind_down(status, error)
         status = "failed" if error and status == "completed" else status
         self.fleet.resolve_nodes()
+        data = self.prepared.dataset
         head = {"run": self.fleet.name, "status": status, "error": error or self.diverged,
-                "stop_reason": self.stop_reason, "nodes": self.fleet.nodes}
+                "stop_reason": self.stop_reason, "nodes": self.fleet.nodes,
+                "data_source": None if data.name == "synthetic" else data.source}
         summary = self.stats.summary(self.c, head, final, time.time() - t0, self.c.event_log)
         summary["faults"] = {**self.recovery.summary(), **self.stats.push_losses()}
         summary["checkpoints"] = self._checkpoint_summary()

@@ -14,6 +14,9 @@ from ps.common.errors import UserError
 # pieces of 100K-250K floats then skip the raylet (1.55x the pushes per second at 100K floats on a
 # 2-core machine); from about 1 MiB on, the object store is faster (docs/design.md, "Transport").
 INLINE_OBJECT_BYTES = 1 << 20
+# Ray 2.60 logs at every local start whether it turned token auth on; for a Ray of our own that
+# only this job uses, that is noise before our first line (a cluster's is the cluster's business).
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def system_config() -> dict:
@@ -29,6 +32,8 @@ def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
         return False
     if address:
         check_reachable(address)
+    else:
+        logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
     try:
         # "local": a new Ray of our own, even where a `ray start` cluster runs on this machine
         ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True,
@@ -36,11 +41,20 @@ def connect(address: Optional[str], metrics_port: Optional[int] = None) -> bool:
                  runtime_env=None if address else local_runtime_env(),
                  _metrics_export_port=None if address else metrics_port,
                  _system_config=None if address else system_config())
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"address {address!r}: cannot connect to Ray ({exc}); check the address, "
+    except Exception as exc:  # Ray raises many kinds here (RpcError, TimeoutError, plain Exception)
+        why = first_line(exc)
+        if not address:
+            raise UserError(f"could not start a local Ray ({why}); if the machine is busy, retry, "
+                            "or start one with `ray start --head` and pass --address auto") from None
+        raise UserError(f"address {address!r}: cannot connect to Ray ({why}); check the address, "
                         "that `ray status` works there, and for a `ray start` cluster "
                         "RAY_AUTH_MODE=token with its token in ~/.ray/auth_token") from None
     return True
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def metrics_endpoints() -> list[str]:

@@ -57,9 +57,14 @@ class Recovery:
         cause = "injected" if (role, actor) in self.injected else "died"
         self.injected.discard((role, actor))  # a shard's next incarnation may die on its own
         text = str(exc).strip().splitlines()
-        detail = text[0][:200] if text else type(exc).__name__
-        self._log(schema.fault_record(time.time(), role, actor, cause, detail))
+        node = self._node(role, actor)
+        detail = (text[0][:200] if text else type(exc).__name__) + (f" (node {node})" if node else "")
+        self._log(schema.fault_record(time.time(), role, actor, cause, detail, node))
         return detail
+
+    def _node(self, role: str, actor: int) -> Optional[str]:
+        nodes = self.fleet.nodes.get(f"{role}s", [])
+        return nodes[actor] if actor < len(nodes) else None
 
     def charge(self, role: str, actor: int, detail: str) -> None:
         """Counts one more replacement, or raises ActorLost when --max-ROLE-restarts is spent (a

@@ -65,7 +65,7 @@ class RunStats:
 
     def summary(self, c: TrainConfig, head: dict, final: dict, wall_time_s: float,
                 event_log: bool) -> dict:
-        """`head`: run, status, error, stop_reason, nodes."""
+        """`head`: run, status, error, stop_reason, nodes, data_source (the data's folder)."""
         samples, train_s = self.samples()
         known = [s for s in self.shard_stats if s is not None]
         per_shard = [_taus(s) for s in self.shard_stats]
@@ -78,6 +78,7 @@ class RunStats:
             "train_samples": self.prior_samples + samples,
             "samples_per_s": round(samples / train_s, 1) if train_s else None,
             "replicas": c.replicas, "shards": c.shards, "model": c.model, "dataset": c.dataset,
+            "data_source": head.get("data_source"),
             "updates": [s["version"] if s else None for s in self.shard_stats] if known else None,
             "nodes": head["nodes"],
             "rejected_pushes": sum(sum(s["rejected"].values()) for s in known),

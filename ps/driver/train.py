@@ -73,6 +73,7 @@ def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
         else:
             _cut_torn_tail(path / schema.LOG_NAME, log_end, out)
         print(f"downpour: run directory {path}", file=out)
+        print(f"downpour: data: {describe_data(prepared.dataset, c.seed)}", file=out)
         if c.metrics:
             print(f"downpour: live metrics (Prometheus): {' '.join(cluster.metrics_endpoints())}",
                   file=out)
@@ -83,6 +84,13 @@ def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
         if started:
             ray.shutdown()
     return summary
+
+
+def describe_data(dataset, seed: int) -> str:
+    """Which data a run trains on, in words: where its files are, or how it was made."""
+    if dataset.name == "synthetic":
+        return f"synthetic (generated from seed {seed}, no files)"
+    return f"{dataset.name} from {dataset.source}"
 
 
 def _cut_torn_tail(log: Path, end: int, out) -> None:

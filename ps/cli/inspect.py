@@ -1,5 +1,6 @@
 """Commands that read a run or a model: staleness, report, top, plan, eval. None of them trains."""
 
+import sys
 from pathlib import Path
 
 from ps.cli.common import use_token_auth
@@ -55,9 +56,14 @@ def _read_run(run_dir: str) -> tuple:
 
     path = rundir.require_run(run_dir)
     try:
-        return path, list(events.read_events(path / schema.LOG_NAME))
+        return path, list(events.read_events(path / schema.LOG_NAME, on_damage=lambda d: warn(str(d))))
     except events.LogError as exc:
         raise UserError(str(exc)) from None
+
+
+def warn(line: str) -> None:
+    """A note about damaged input the command still worked around: one line on stderr, exit 0."""
+    print(f"downpour: warning: {line}", file=sys.stderr)
 
 
 def add_report_parser(sub) -> None:
@@ -72,7 +78,7 @@ def handle_report(args) -> int:
     from ps.obs import report
 
     path = rundir.require_run(args.run_dir)
-    print(f"wrote {report.write_report(path, Path(args.out) if args.out else None)}")
+    print(f"wrote {report.write_report(path, Path(args.out) if args.out else None, warn=warn)}")
     return 0
 
 
@@ -105,7 +111,7 @@ def handle_top(args) -> int:
         return cluster_watch.main(args.address, args.run, args.interval, args.frames)
     from ps.obs import top
 
-    return top.main(args.run_dir, args.interval, args.frames)
+    return top.main(args.run_dir, args.interval, args.frames, warn=warn)
 
 
 def add_plan_parser(sub) -> None:

@@ -104,8 +104,21 @@ def write_summary(path: Path, summary: dict) -> None:
     tmp.replace(path / SUMMARY_NAME)
 
 
-def read_summary(path: Path) -> dict:
-    return json.loads((Path(path) / SUMMARY_NAME).read_text())
+def read_summary(path: Path, hint: str = "its event log still works with `downpour report`") -> dict:
+    """RUN/summary.json; a damaged or unreadable one is a UserError naming the file, then `hint`."""
+    file = Path(path) / SUMMARY_NAME
+    damaged = f"the run's summary is damaged; {hint}"
+    try:
+        summary = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file} is not valid JSON (line {exc.lineno}): {damaged}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file} is not valid JSON (not UTF-8 text): {damaged}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {file} ({exc.strerror}): check that it is a readable file") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{file} is not a JSON object: {damaged}")
+    return summary
 
 
 def require_run(path: str) -> Path:
@@ -114,6 +127,8 @@ def require_run(path: str) -> Path:
         raise UserError(f"{p} is a file, not a run directory: give the folder `downpour train` printed")
     if not p.is_dir():
         raise UserError(f"run directory {p} does not exist: give the folder `downpour train` printed")
+    if (p / LOG_NAME).exists() and not (p / LOG_NAME).is_file():
+        raise UserError(f"{p / LOG_NAME} is not a file: the event log is damaged or was replaced")
     if not (p / LOG_NAME).is_file():
         raise UserError(f"{p} holds no event log ({LOG_NAME}): is it a downpour run directory?")
     return p

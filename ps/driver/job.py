@@ -22,7 +22,7 @@ from ps.driver.placement import Placement
 from ps.driver.prepare import Prepared
 from ps.driver.recovery import ActorLost, Recovery, died, gather
 from ps.driver.scaling import Rescaler
-from ps.driver.summary import RunStats
+from ps.driver.summary import RunStats, rejection_verdict
 from ps.obs import events
 from ps.obs.live import LiveStats
 from ps.obs.progress import ProgressLine
@@ -87,11 +87,21 @@ class TrainingJob:
         summary["checkpoints"] = self._checkpoint_summary()
         if self.resume:
             summary["resumed"] = self.resume.describe()
+        self._judge_rejections(summary)
         rundir.write_summary(self.path, summary)
         self._close()
         if unexpected is not None:
             raise unexpected
         return summary
+
+    def _judge_rejections(self, summary: dict) -> None:
+        """A run that completed with most of its pushes rejected learned little: it fails (above
+        --fail-on-rejected) or says so in a warning line."""
+        fail, line = rejection_verdict(summary, self.c.fail_on_rejected)
+        if fail and summary["status"] == "completed":
+            summary["status"], summary["error"] = "failed", line
+        elif line:
+            print(f"downpour: warning: {line}", file=self.out)
 
     def _start(self) -> None:
         c, plan = self.c, self.fleet.p.plan

@@ -102,3 +102,26 @@ def _taus(stats: Optional[dict]) -> np.ndarray:
 
 def _merge(counters: list[dict]) -> dict:
     return dict(sum(map(Counter, counters), Counter()))
+
+
+WARN_REJECTED = 0.1  # a share of rejected pushes worth a line even when the run does not fail
+_FIX = {"nonfinite": "lower --lr or set --clip-norm", "overflow": "lower --lr or set --clip-norm",
+        "fenced": "expected after a shard restore; lower --checkpoint-every to lose less",
+        "version": "a replica sent a bad version: a bug worth reporting"}
+
+
+def rejection_verdict(summary: dict, limit: float) -> tuple[bool, Optional[str]]:
+    """(fail the run?, the line to say) from the share of pushes the shards rejected: a run whose
+    pushes were mostly rejected learned little, whatever its status says."""
+    accepted = summary["staleness"].get("count") or 0
+    rejected = summary["rejected_pushes"]
+    total = accepted + rejected
+    if not total or rejected / total <= min(limit, WARN_REJECTED):
+        return False, None
+    reasons = sorted(summary["rejected_by_reason"].items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{n} {reason}" for reason, n in reasons[:3])
+    fix = _FIX.get(reasons[0][0], "check --lr-rule and --lr") if reasons else "check --lr"
+    fail = rejected / total > limit
+    what = f"{rejected} of {total} pushes were rejected ({top}): {fix}"
+    return fail, what + (f" (the run fails above --fail-on-rejected {limit:g})" if fail else "")
+

@@ -1,16 +1,20 @@
 """The staleness event log: an appending msgpack writer and a tolerant reader (records: ps.common.schema).
 
 The log is a stream of msgpack maps (schema in docs/event-log.md). The first record is a header
-with the schema version; a torn last record (a crash mid-write) is skipped with a warning.
+with the schema version; a torn or corrupt tail (a crash mid-write, a damaged file) is skipped and
+reported as a `LogDamage`, which the CLI prints as one warning line.
 """
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import msgpack
 
 from ps.common.schema import SCHEMA_VERSION
+
+_UNREADABLE = (msgpack.UnpackException, ValueError)  # FormatError, StackError, BufferFull, ...
 
 
 class EventLog:
@@ -32,61 +36,127 @@ class EventLog:
 
 
 class LogError(Exception):
-    """The log is missing or of another schema; the CLI turns this into a status-2 message."""
+    """The log is missing, unreadable, empty or of another schema; the CLI turns this into a
+    status-2 message."""
 
 
-def read_events(path: Path) -> Iterator[dict]:
-    """Yields every complete record; stops with a warning at a torn or corrupt tail."""
+@dataclass(frozen=True)
+class LogDamage:
+    """A log that ends early: `records` complete records were read (the header included), then
+    `skipped` bytes were left: cut short by a crash (`corrupt` False) or not a record at all."""
+    path: Path
+    records: int
+    skipped: int
+    corrupt: bool
+
+    def __str__(self) -> str:
+        why = "not a valid record: the file is corrupt" if self.corrupt else \
+            "a torn record, as a crash mid-write leaves"
+        return (f"{self.path} ends early: read {self.records} records, then skipped the last "
+                f"{self.skipped} bytes ({why}); the results cover those {self.records} records only")
+
+
+def read_events(path: Path, on_damage: Optional[Callable[[LogDamage], None]] = None) -> Iterator[dict]:
+    """Yields every complete record. At a torn or corrupt tail it stops and calls on_damage with a
+    LogDamage (once the records are exhausted); without on_damage it warns (warnings.warn)."""
     path = Path(path)
     if not path.is_file():
         raise LogError(f"no event log at {path}: is this a downpour run directory?")
-    first = True
-    with open(path, "rb") as f:  # streamed: a long run's log need not fit in memory
+    count, end, corrupt = 0, 0, False
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise LogError(f"cannot read {path} ({exc.strerror})") from None
+    with f:  # streamed: a long run's log need not fit in memory
         unpacker = msgpack.Unpacker(f, raw=False)
         try:
             for record in unpacker:
-                if first:
+                if count == 0:
                     _check_header(record, path)
-                    first = False
+                elif not isinstance(record, dict):
+                    corrupt = True  # bytes that decode, but not to a record
+                    break
+                count, end = count + 1, unpacker.tell()
                 yield record
-        except (msgpack.UnpackException, ValueError) as exc:
-            if first:
+        except _UNREADABLE:
+            if count == 0:
                 raise LogError(f"{path} is not a downpour event log: its first record is unreadable") from None
-            warnings.warn(f"{path}: skipped a corrupt record at the end ({exc})")
-        read = unpacker.tell()
-    if first:
-        raise LogError(f"{path} holds no records: the run stopped before its actors started")
-    if read < path.stat().st_size:
-        warnings.warn(f"{path}: skipped a torn last record ({path.stat().st_size - read} bytes)")
+            corrupt = True
+        except OSError as exc:
+            raise LogError(f"cannot read {path} ({exc.strerror})") from None
+    size = path.stat().st_size
+    if count == 0:
+        raise no_records(path, size)
+    if end < size:
+        damage = LogDamage(path, count, size - end, corrupt)
+        if on_damage is None:
+            warnings.warn(str(damage))
+        else:
+            on_damage(damage)
+
+
+def no_records(path: Path, size: int) -> LogError:
+    """The error for a log without a complete header: empty, or cut inside its first record."""
+    if size == 0:
+        return LogError(f"{path} is empty: the run stopped before its actors started")
+    return LogError(f"{path} holds no complete record ({size} bytes, a torn header): the run "
+                    "stopped before its actors started")
 
 
 class LogTail:
     """Follows a log that is still being written: each `read_new` returns the records appended
-    since the last call. A record half-written at the end waits in the unpacker for its remaining bytes."""
+    since the last call. A record half-written at the end waits in the unpacker for its remaining
+    bytes; a corrupt one ends the reading (`damage` says where) and later calls return nothing."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.header: Optional[dict] = None
+        self.records = 0
+        self.damage: Optional[LogDamage] = None
         self._unpacker = msgpack.Unpacker(raw=False)
-        self._offset = 0
+        self._offset = 0  # bytes fed to the unpacker
+        self._end = 0  # offset just after the last complete record
 
     def read_new(self) -> list[dict]:
+        if self.damage:
+            return []
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
                 data = f.read()
         except OSError as exc:
-            raise LogError(f"cannot read {self.path}: {exc.strerror}") from None
+            raise LogError(f"cannot read {self.path} ({exc.strerror})") from None
         self._offset += len(data)
         self._unpacker.feed(data)
+        records = []
         try:
-            records = list(self._unpacker)
-        except (msgpack.UnpackException, ValueError) as exc:
-            raise LogError(f"{self.path}: a corrupt record at byte {self._unpacker.tell()} ({exc})") from None
-        if self.header is None and records:
-            _check_header(records[0], self.path)
-            self.header = records[0]
+            for record in self._unpacker:
+                if self.header is None:
+                    _check_header(record, self.path)
+                    self.header = record
+                elif not isinstance(record, dict):
+                    raise ValueError("not a map")
+                records.append(record)
+                self.records, self._end = self.records + 1, self._unpacker.tell()
+        except _UNREADABLE:
+            if self.header is None:  # the same words as read_events
+                raise LogError(f"{self.path} is not a downpour event log: its first record is "
+                               "unreadable") from None
+            self._damaged(corrupt=True)
         return records
+
+    def ended(self) -> Optional[LogDamage]:
+        """Called once the writer is done: the damage if the log ends early (bytes of a record
+        that will never be completed), None if it is whole; a log without a header is a LogError."""
+        if self.header is None:
+            raise no_records(self.path, self._offset)
+        if self.damage is None and self._end < self._offset:
+            self._damaged(corrupt=False)
+        return self.damage
+
+    def _damaged(self, corrupt: bool) -> None:
+        size = max(self._offset, self.path.stat().st_size if self.path.is_file() else 0)
+        self.damage = LogDamage(self.path, self.records, size - self._end, corrupt)
 
 
 def _check_header(record: dict, path: Path) -> None:

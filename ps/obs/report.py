@@ -5,10 +5,10 @@ log with ps.events and draws with ps.plots (matplotlib only), so it works on a m
 Ray or torch, and on a run that crashed before writing summary.json.
 """
 
-import json
+import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -23,32 +23,45 @@ REPORT_DIR = "report"
 NONE = "–"
 
 
-def write_report(run_dir: Path, out_dir: Optional[Path] = None) -> Path:
-    """Writes report.md and its figures into out_dir (default RUN_DIR/report); returns report.md."""
+def write_report(run_dir: Path, out_dir: Optional[Path] = None,
+                 warn: Optional[Callable[[str], None]] = None) -> Path:
+    """Writes report.md and its figures into out_dir (default RUN_DIR/report); returns report.md.
+    A log that ends early or a damaged summary.json is told to `warn` (one line each; without it,
+    warnings.warn) and in the report, which covers what could be read."""
     run_dir = Path(run_dir)
-    records = load_records(run_dir)
-    summary, config = load_summary(run_dir), load_config(run_dir)
+    notes: list[str] = []
+    records = load_records(run_dir, notes.append)
+    summary, config = load_summary(run_dir, notes.append), load_config(run_dir)
+    for note in notes:
+        if warn is None:
+            warnings.warn(note)
+        else:
+            warn(note)
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR)
     per_push = samples_per_push(records, config)
     images = draw_figures(records, out, per_push)
-    text = render(run_dir, records, summary, config, images, per_push)
+    text = render(run_dir, records, summary, config, images, per_push, notes)
     return write_text(out / REPORT_NAME, text)
 
 
 # --- inputs -------------------------------------------------------------------------------------
 
-def load_records(run_dir: Path) -> list[dict]:
+def load_records(run_dir: Path, note: Callable[[str], None]) -> list[dict]:
     try:
-        return list(events.read_events(run_dir / schema.LOG_NAME))
+        return list(events.read_events(run_dir / schema.LOG_NAME, on_damage=lambda d: note(str(d))))
     except events.LogError as exc:
         raise UserError(str(exc)) from None
 
 
-def load_summary(run_dir: Path) -> Optional[dict]:
-    """None when the run crashed before writing it (or it is unreadable): the log still tells a lot."""
+def load_summary(run_dir: Path, note: Callable[[str], None]) -> Optional[dict]:
+    """None when the run crashed before writing it, or when it is damaged (told to `note`):
+    the log still tells a lot."""
+    if not (run_dir / rundir.SUMMARY_NAME).exists():
+        return None
     try:
-        return json.loads((run_dir / rundir.SUMMARY_NAME).read_text())
-    except (OSError, ValueError):
+        return rundir.read_summary(run_dir, hint="the report shows what the event log holds")
+    except UserError as exc:
+        note(str(exc))
         return None
 
 
@@ -105,10 +118,11 @@ def draw_figures(records: list[dict], out: Path, per_push: Optional[int]) -> dic
 # --- markdown -----------------------------------------------------------------------------------
 
 def render(run_dir: Path, records: list[dict], summary: Optional[dict], config: dict,
-           images: dict, per_push: Optional[int]) -> str:
+           images: dict, per_push: Optional[int], notes: Sequence[str] = ()) -> str:
     start, _ = plots.run_clock(records)
     sections = [
         [f"# Run report: {run_dir.name}", ""],
+        [*(f"**Warning:** {cell(note)}" for note in notes), *([""] if notes else [])],
         run_section(records, summary, config),
         staleness_section(records, images),
         fetch_section(records, images),

@@ -122,6 +122,7 @@ def test_a_failing_run_ends_failed_with_its_summary_and_exit_status_1(ray_sessio
     assert rc == 1
     assert summary["status"] == "failed"
     assert "injected failure at version 30" in summary["error"]
+    assert summary["error"].startswith("replica ") and " on node " in summary["error"]  # which, where
     pushes = [r for r in events.read_events(run_dir / schema.LOG_NAME) if r["kind"] == "push"]
     assert max(r["applied"] for r in pushes) >= 29  # the log kept what happened before the failure
     assert "failed" in capsys.readouterr().err

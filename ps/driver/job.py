@@ -146,9 +146,11 @@ class TrainingJob:
             result = ray.get(ref, timeout=self.c.timeout_s)
         except ray.exceptions.RayActorError as exc:
             if not died(exc):
-                raise
+                raise self._failed(self.runs.pop(ref), exc) from None
             self._replica_died(self.runs.pop(ref), exc)
             return
+        except ray.exceptions.RayTaskError as exc:  # its code raised: it would again, so the run ends
+            raise self._failed(self.runs.pop(ref), exc) from None
         self.stats.update_replica(result, final=True)
         del self.runs[ref]
         self._check_loss(result)
@@ -172,6 +174,11 @@ class TrainingJob:
         self.runs[replica.run.remote()] = new_id  # runs once the actor is up
         self.starting[new_id] = replica.__ray_ready__.remote()
         self.stats.update_replica(row)
+
+    def _failed(self, replica: int, exc: BaseException) -> ActorLost:
+        """Which replica failed, where, and why (Ray's text alone says none of the first two)."""
+        node = self.recovery.node("replica", replica)
+        return ActorLost(f"replica {replica}{f' on node {node}' if node else ''} failed: {short(exc)}")
 
     def _stopping(self) -> bool:
         return bool(self.winding_down or self.stop_reason or self.diverged)
@@ -353,7 +360,7 @@ class TrainingJob:
                 replica_id = self.runs.get(ref)
                 try:
                     self._collect(ref)
-                except RAY_FAILURES:
+                except (*RAY_FAILURES, ActorLost):
                     if not tolerant:
                         raise
                     self.runs.pop(ref, None)  # its progress says what it did, if it still answers

@@ -28,7 +28,8 @@ from ps.server import checkpoint
 
 
 class ActorLost(RuntimeError):
-    """An actor died and the job may not (or cannot) replace it: the run fails with this."""
+    """An actor died or failed and the job may not (or cannot) replace it: the run fails with
+    this message, which says which actor, where and why."""
 
 
 def died(exc: BaseException) -> bool:
@@ -57,12 +58,13 @@ class Recovery:
         cause = "injected" if (role, actor) in self.injected else "died"
         self.injected.discard((role, actor))  # a shard's next incarnation may die on its own
         text = str(exc).strip().splitlines()
-        node = self._node(role, actor)
+        node = self.node(role, actor)
         detail = (text[0][:200] if text else type(exc).__name__) + (f" (node {node})" if node else "")
         self._log(schema.fault_record(time.time(), role, actor, cause, detail, node))
         return detail
 
-    def _node(self, role: str, actor: int) -> Optional[str]:
+    def node(self, role: str, actor: int) -> Optional[str]:
+        """The Ray node the actor ran on, if known."""
         nodes = self.fleet.nodes.get(f"{role}s", [])
         return nodes[actor] if actor < len(nodes) else None
 

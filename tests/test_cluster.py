@@ -91,3 +91,11 @@ def test_requests_no_node_can_meet_fail_before_any_actor(config, message):
 def test_cpus_given_twice_is_an_error():
     with pytest.raises(UserError, match="give one of"):
         from_mapping({"replica_cpus": 1.0, "replica_resources": "CPU=1"}, "flags")
+
+
+def test_more_actors_than_the_cluster_memory_holds_are_refused_before_any_starts():
+    from ps.common.errors import UserError
+
+    with pytest.raises(UserError, match=r"300002 replicas and shards need about 120,001 GB"):
+        plan_resources(TrainConfig(replicas=2, shards=300000), {"CPU": 2.0, "memory": 16e9})
+    plan_resources(TrainConfig(replicas=4, shards=2), {"CPU": 2.0, "memory": 16e9})  # fits

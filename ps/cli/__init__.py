@@ -34,6 +34,7 @@ class OneLineParser(argparse.ArgumentParser):
         where = command or self
         hint = _did_you_mean(message, _flags(where), list(self._commands()))
         name = f"{self.prog} {command.prog.split()[-1]}" if command else self.prog
+        message = " ".join(message.split())  # one line, whatever the arguments held
         print(f"downpour: error: {message}{hint}; see `{name} --help`", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
 

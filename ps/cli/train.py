@@ -41,7 +41,8 @@ def config_values(args) -> tuple[dict, str]:
     values = cfg.load_yaml(args.config) if args.config else {}
     source = f"config file {args.config}" if args.config else "flags"
     flags = {k: v for k, v in vars(args).items() if k in cfg.FIELDS}
-    return {**{str(k).replace("-", "_"): v for k, v in values.items()}, **flags}, source
+    # each key checked as written (a did-you-mean names it so), then merged under its field's name
+    return {**{cfg.check_key(k, source): v for k, v in values.items()}, **flags}, source
 
 
 def handle_train(args) -> int:

@@ -1,8 +1,13 @@
 """TrainConfig: the one typed configuration of a training job, from YAML and flags, validated at the boundary."""
 
 import dataclasses
+import difflib
 import math
+import os
+import stat
+import sys
 import typing
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -72,6 +77,8 @@ class TrainConfig:
     keep_checkpoints: int = opt(3, "checkpoints kept (older ones are deleted)")
     max_replica_restarts: int = opt(3, "dead replicas a job replaces before it fails")
     max_shard_restarts: int = opt(3, "dead shards a job recreates from a checkpoint before it fails")
+    fail_on_rejected: float = opt(0.5, "end a run as failed when more than this fraction of its pushes "
+                                       "were rejected (0..1; 1: never)")
     divergence_factor: float = opt(4.0, "end as diverged when the test loss exceeds this many times its "
                                         "best (0: never); a NaN or Inf training loss always does")
     inject_faults: Optional[str] = opt(None, "kill actors on purpose (tests, demos): ROLE:WHICH@WHEN,... "
@@ -81,9 +88,23 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
+# Bounds on what a user may ask for, each with its reason in the message that enforces it.
+MAX_ACTORS = 4096            # replicas, and shards: each is a Ray actor (the plan and cluster are checked later)
+MAX_THREADS = 1024           # torch threads per replica: more than any node has cores
+MAX_SEED = 2**32 - 1         # numpy's and torch's seeding take 0..2**32-1
+LR_RANGE = (1e-30, 1e6)      # far outside any optimizer's useful range on both sides: a typo
+TIMEOUT_RANGE_S = (1.0, 86400.0)  # below 1 s no reply comes back; above a day is surely a mistake
+MIN_CPUS = 1e-4              # Ray's resource granularity: less is 0, which no scheduler accounts for
+MAX_CONFIG_BYTES = 1 << 20   # a config file is a few hundred bytes
+_MAX_INT = 2**63 - 1         # what msgpack, torch and Ray carry as an integer
+
 _POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight",
                   "keep_checkpoints")
 _CHOICES = {"device": DEVICES, "placement": ("spread", "pack")}
+# names users bring from other tools: shown as a did-you-mean for an unknown key
+_ALIASES = {"learning_rate": "lr", "num_replicas": "replicas", "workers": "replicas",
+            "num_workers": "replicas", "num_shards": "shards", "bs": "batch_size", "batch": "batch_size"}
+_BAD_CHARS = ("Cc", "Cs", "Zl", "Zp")  # control characters, lone surrogates, line breaks
 
 
 def from_mapping(values: dict, source: str) -> TrainConfig:
@@ -98,30 +119,72 @@ def parse_values(values: dict, source: str) -> dict:
     """Each value checked on its own (known key, right type): field name -> value."""
     checked = {}
     for key, value in values.items():  # 'batch-size' and 'batch_size' are one key; the last wins
-        name = str(key).replace("-", "_")
-        if name not in FIELDS:
-            raise UserError(f"{source}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")
+        name = check_key(key, source)
         checked[name] = _coerce(name, value, source)
     return checked
 
 
+def check_key(key: Any, source: str) -> str:
+    """The field a YAML key or flag names ('batch-size' -> 'batch_size'); an unknown one is a
+    UserError with a did-you-mean."""
+    name = str(key).replace("-", "_")
+    if name in FIELDS:
+        return name
+    bare = name.strip("_").lower()
+    close = [bare] if bare in FIELDS else [_ALIASES[bare]] if bare in _ALIASES else \
+        difflib.get_close_matches(bare, FIELDS, n=1, cutoff=0.6)
+    if close:
+        raise UserError(f"{source}: unknown key {_show(str(key))}; did you mean '{close[0]}'?")
+    raise UserError(f"{source}: unknown key {_show(str(key))}; known keys: {', '.join(FIELDS)}")
+
+
 def load_yaml(path: str) -> dict:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserError(f"config file {path}: cannot read it ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
+    """The mapping in a YAML file of at most MAX_CONFIG_BYTES; anything else is a UserError."""
+    text = _read_config(path)
+    nested = UserError(f"config file {path} is nested too deeply to read: a config is one mapping "
+                       "of keys to plain values")
+    try:  # libyaml's loader when there is one: fast, and it stops at 1000 levels of nesting
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "cannot parse it"
-        raise UserError(f"config file {path}{where} is not valid YAML: {problem}") from None
+        if "nesting depth" in problem:
+            raise nested from None
+        raise UserError(f"config file {path}{where} is not valid YAML: {_one_line(problem)}") from None
+    except RecursionError:  # the pure-Python loader, or a constructor deep in its own stack
+        raise nested from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-13-45, an int too long
+        raise UserError(f"config file {path} has a value YAML cannot build: {_one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def _read_config(path: str) -> str:
+    """The file's text: a regular file (not /dev/zero, a pipe or a folder), bounded, UTF-8."""
+    try:  # O_NONBLOCK: opening a named pipe must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UserError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"config file {path} is not a regular file: give --config a YAML file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise UserError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is larger than 1 MB: is it the right file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"config file {path} is not UTF-8 text (line {line}, byte {exc.start}): "
+                        "save it as UTF-8") from None
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -136,7 +199,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
         kind is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
-        raise UserError(f"{source}: {name} is {value!r} ({type(value).__name__}); expected {kind.__name__}")
+        raise UserError(f"{source}: {name} is {_show(value)} ({type(value).__name__}); expected {kind.__name__}")
+    if kind is float and isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise UserError(f"{source}: {name} is a {_digits(value)}-digit number, too large for a float: "
+                        f"give {_flag(name)} a number such as {FIELDS[name].default or 1.0}")
+    if kind is str and any(unicodedata.category(ch) in _BAD_CHARS for ch in value):
+        raise UserError(f"{source}: {name} is {_show(value)}: it holds a control character or line "
+                        "break; give it as one line of plain text")
     return kind(value)
 
 
@@ -154,21 +223,8 @@ def base_type(hint) -> type:
 
 def validate(c: TrainConfig) -> None:
     """Range checks that need no imports; names of models, rules and optimizers are checked by the job."""
-    for name in _POSITIVE_INTS:
-        value = getattr(c, name)
-        if value < 1:
-            raise UserError(f"{name} is {value}: set --{name.replace('_', '-')} to 1 or more")
-    if c.steps is not None and c.steps < 1:
-        raise UserError(f"steps is {c.steps}: set --steps to 1 or more, or leave it out to use --epochs")
-    for name in ("lr", "timeout_s"):
-        if not (math.isfinite(getattr(c, name)) and getattr(c, name) > 0):
-            raise UserError(f"{name} is {getattr(c, name)}: set --{name.replace('_', '-')} to a number above 0")
-    for name in ("local_lr", "eval_every", "replica_cpus", "shard_cpus"):
-        value = getattr(c, name)
-        if value is not None and not value >= 0:
-            raise UserError(f"{name} is {value}: set --{name.replace('_', '-')} to 0 or more")
-    if c.threads is not None and c.threads < 1:
-        raise UserError(f"threads is {c.threads}: set --threads to 1 or more")
+    _check_counts(c)
+    _check_floats(c)
     if c.metrics_port is not None and not 1 <= c.metrics_port <= 65535:
         raise UserError(f"metrics_port is {c.metrics_port}: set --metrics-port to a port in 1..65535")
     if c.metrics_port is not None and c.address:
@@ -176,23 +232,115 @@ def validate(c: TrainConfig) -> None:
                         "`ray start --metrics-export-port PORT` and drop --metrics-port")
     for role in ("replica", "shard"):
         spec = getattr(c, f"{role}_resources")
-        if spec is not None and "CPU" in parse_resources(spec, f"{role}_resources") \
-                and getattr(c, f"{role}_cpus") is not None:
+        asked = parse_resources(spec, f"{role}_resources") if spec is not None else {}
+        if "CPU" in asked and getattr(c, f"{role}_cpus") is not None:
             raise UserError(f"{role}_cpus and CPU= in {role}_resources both set a {role}'s CPUs: "
                             f"give one of --{role}-cpus or --{role}-resources CPU=...")
-    for name in ("max_replica_restarts", "max_shard_restarts"):
-        if getattr(c, name) < 0:
-            raise UserError(f"{name} is {getattr(c, name)}: set --{name.replace('_', '-')} to 0 or more")
-    if c.clip_norm is not None and not (math.isfinite(c.clip_norm) and c.clip_norm > 0):
-        raise UserError(f"clip_norm is {c.clip_norm}: set --clip-norm to a number above 0, or leave it out")
-    if not (math.isfinite(c.divergence_factor) and (c.divergence_factor == 0 or c.divergence_factor > 1)):
-        raise UserError(f"divergence_factor is {c.divergence_factor}: set --divergence-factor above 1, "
-                        "or 0 to turn the test-loss alarm off")
+        if "CPU" in asked and asked["CPU"] < MIN_CPUS:
+            raise UserError(f"{role}_resources asks for CPU={asked['CPU']:g}: {_NO_CPU[role]}; give "
+                            f"CPU= a positive share such as 0.5, or leave CPU= out for a share of the cluster")
     parse_cadence(c.checkpoint_every)
     parse_faults(c.inject_faults, c.replicas, c.shards)
     for name, allowed in _CHOICES.items():
         if getattr(c, name) not in allowed:
-            raise UserError(f"{name} is '{getattr(c, name)}': choose one of {', '.join(allowed)}")
+            raise UserError(f"{name} is {_show(getattr(c, name))}: choose one of {', '.join(allowed)}")
+
+
+_NO_CPU = {"replica": "a replica computes gradients and would get no CPU time Ray accounts for "
+                      "(all of them could land on one node, or on a head started with --num-cpus=0)",
+           "shard": "a shard runs the optimizer and would get no CPU time Ray accounts for "
+                    "(all of them could land on one node, or on a head started with --num-cpus=0)"}
+
+
+def _check_counts(c: TrainConfig) -> None:
+    """The integer fields: at least 1 (or 0), and bounded where a number creates actors or threads."""
+    if not 0 <= c.seed <= MAX_SEED:
+        raise UserError(f"seed is {_show(c.seed)}: set --seed to a whole number in 0..{MAX_SEED} (numpy "
+                        "and torch take seeds of 32 bits)")
+    for name in _POSITIVE_INTS:
+        value = getattr(c, name)
+        if value < 1:
+            raise UserError(f"{name} is {_show(value)}: set {_flag(name)} to 1 or more")
+    for name in ("replicas", "shards"):
+        if getattr(c, name) > MAX_ACTORS:
+            raise UserError(f"{name} is {getattr(c, name)}: at most {MAX_ACTORS} (each is a Ray actor); "
+                            f"set {_flag(name)} to 1..{MAX_ACTORS}")
+    if c.steps is not None and c.steps < 1:
+        raise UserError(f"steps is {c.steps}: set --steps to 1 or more, or leave it out to use --epochs")
+    if c.threads is not None and not 1 <= c.threads <= MAX_THREADS:
+        raise UserError(f"threads is {c.threads}: set --threads to 1..{MAX_THREADS} (torch threads per "
+                        "replica), or leave it out for one per CPU of the replica")
+    for name in ("max_replica_restarts", "max_shard_restarts"):
+        if getattr(c, name) < 0:
+            raise UserError(f"{name} is {_show(getattr(c, name))}: set {_flag(name)} to 0 or more")
+    for f in fields(TrainConfig):  # what is left unbounded still has to fit the 64 bits it travels in
+        value = getattr(c, f.name)
+        if isinstance(value, int) and abs(value) > _MAX_INT:
+            raise UserError(f"{f.name} is {_show(value)}: set {_flag(f.name)} to a whole number below 2**63")
+
+
+def _check_floats(c: TrainConfig) -> None:
+    """The float fields: finite, normal (no subnormal 1e-320), each in its range."""
+    floats = [(f.name, getattr(c, f.name)) for f in fields(TrainConfig) if isinstance(getattr(c, f.name), float)]
+    for name, value in floats:
+        if not math.isfinite(value):
+            raise UserError(f"{name} is {value}: set {_flag(name)} to a finite number")
+    for name in ("lr", "local_lr"):
+        value = getattr(c, name)
+        low, high = LR_RANGE
+        if value is None or (name == "local_lr" and value == 0):
+            continue  # local_lr 0: replicas take no step of their own between fetches
+        if not low <= value <= high:
+            zero = " (or 0 for no local step)" if name == "local_lr" else ""
+            why = ("a learning rate that large is far outside any optimizer's range, surely a typo"
+                   if value > high else "a learning rate is positive" if value <= 0 else
+                   "a learning rate that small leaves float32 weights unchanged" + (
+                       f" ({value!r} is even a subnormal float, below {sys.float_info.min:.3g})"
+                       if value < sys.float_info.min else ""))
+            raise UserError(f"{name} is {value!r}: set {_flag(name)} to {low:g}..{high:g}{zero}; {why}")
+    low, high = TIMEOUT_RANGE_S
+    if not low <= c.timeout_s <= high:
+        why = "a reply cannot come back that fast" if c.timeout_s < low else "a wait of over a day is a mistake"
+        raise UserError(f"timeout_s is {c.timeout_s:g}: set --timeout-s to {low:g}..{high:g} seconds; {why}")
+    if c.eval_every < 0:
+        raise UserError(f"eval_every is {c.eval_every:g}: set --eval-every to 0 or more")
+    for role in ("replica", "shard"):
+        value = getattr(c, f"{role}_cpus")
+        if value is not None and value < MIN_CPUS:
+            raise UserError(f"{role}_cpus is {value:g}: {_NO_CPU[role]}; set --{role}-cpus to a positive "
+                            f"share such as 0.5 (at least {MIN_CPUS:g}), or leave it out for a share of the cluster")
+    if c.clip_norm is not None and not c.clip_norm > 0:
+        raise UserError(f"clip_norm is {c.clip_norm}: set --clip-norm to a number above 0, or leave it out")
+    if not (c.divergence_factor == 0 or c.divergence_factor > 1):
+        raise UserError(f"divergence_factor is {c.divergence_factor}: set --divergence-factor above 1, "
+                        "or 0 to turn the test-loss alarm off")
+    if not 0 <= c.fail_on_rejected <= 1:
+        raise UserError(f"fail_on_rejected is {c.fail_on_rejected:g}: set --fail-on-rejected to a fraction "
+                        "in 0..1 (1: never fail for rejected pushes)")
+    for name, value in floats:  # subnormal: precision lost, and slow arithmetic on most CPUs
+        if value != 0 and abs(value) < sys.float_info.min:
+            raise UserError(f"{name} is {value!r}: below the smallest normal float ({sys.float_info.min:.3g}), "
+                            f"where arithmetic loses its precision; set {_flag(name)} to a larger number")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _digits(n: int) -> int:
+    """Decimal digits of a huge int without str(), which refuses past 4300 digits."""
+    return max(1, math.floor(abs(n).bit_length() * math.log10(2)) + 1)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for a message: repr (so line breaks show as \\n), cut short when long."""
+    text = f"a {_digits(value)}-digit number" if isinstance(value, int) and abs(value) > 10**limit \
+        else repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
+
+
+def _one_line(message: Any) -> str:
+    return " ".join(str(message).split())
 
 
 def replica_settings(c: TrainConfig) -> ReplicaSettings:

@@ -16,6 +16,8 @@ def parse_spec(spec: str, field: str) -> tuple[str, dict[str, float]]:
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"{field} is empty: give a name such as 'constant'")
     spec = spec.strip()
+    if not spec.isprintable():  # a line break or control character: messages quoting it stay one line
+        raise UserError(f"{field} {spec!r} holds a control character or line break: give it on one line")
     name, sep, rest = spec.rpartition(":")
     if not sep or "=" not in rest:
         return spec, {}
@@ -24,8 +26,8 @@ def parse_spec(spec: str, field: str) -> tuple[str, dict[str, float]]:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or not key.isidentifier():
-            raise UserError(f"{field} '{spec}': '{item}' is not key=value; write e.g. {name}:gamma=0.9")
-        params[key] = _number(value.strip(), f"{field} '{spec}': {key}")
+            raise UserError(f"{field} {spec!r}: {item!r} is not key=value; write e.g. {name}:gamma=0.9")
+        params[key] = _number(value.strip(), f"{field} {spec!r}: {key}")
     return name, params
 
 

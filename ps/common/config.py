@@ -9,7 +9,6 @@ import sys
 import typing
 import unicodedata
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Optional
 
 import yaml

@@ -99,7 +99,8 @@ class TrainingJob:
         --fail-on-rejected) or says so in a warning line."""
         fail, line = rejection_verdict(summary, self.c.fail_on_rejected)
         if fail and summary["status"] == "completed":
-            summary["status"], summary["error"] = "failed", line
+            limit = f"more than --fail-on-rejected {self.c.fail_on_rejected:g} of them"
+            summary["status"], summary["error"] = "failed", f"{line} ({limit})"
         elif line:
             print(f"downpour: warning: {line}", file=self.out)
 

@@ -3,16 +3,13 @@
 import dataclasses
 import difflib
 import math
-import os
-import stat
 import sys
 import typing
 import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-import yaml
-
+from ps.common.configfile import load_yaml, one_line  # noqa: F401 (load_yaml: public here too)
 from ps.common.errors import UserError
 from ps.common.faults import parse_cadence, parse_faults
 from ps.common.protocol import ReplicaSettings
@@ -94,7 +91,6 @@ MAX_SEED = 2**32 - 1         # numpy's and torch's seeding take 0..2**32-1
 LR_RANGE = (1e-30, 1e6)      # far outside any optimizer's useful range on both sides: a typo
 TIMEOUT_RANGE_S = (1.0, 86400.0)  # below 1 s no reply comes back; above a day is surely a mistake
 MIN_CPUS = 1e-4              # Ray's resource granularity: less is 0, which no scheduler accounts for
-MAX_CONFIG_BYTES = 1 << 20   # a config file is a few hundred bytes
 _MAX_INT = 2**63 - 1         # what msgpack, torch and Ray carry as an integer
 
 _POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight",
@@ -135,55 +131,6 @@ def check_key(key: Any, source: str) -> str:
     if close:
         raise UserError(f"{source}: unknown key {_show(str(key))}; did you mean '{close[0]}'?")
     raise UserError(f"{source}: unknown key {_show(str(key))}; known keys: {', '.join(FIELDS)}")
-
-
-def load_yaml(path: str) -> dict:
-    """The mapping in a YAML file of at most MAX_CONFIG_BYTES; anything else is a UserError."""
-    text = _read_config(path)
-    nested = UserError(f"config file {path} is nested too deeply to read: a config is one mapping "
-                       "of keys to plain values")
-    try:  # libyaml's loader when there is one: fast, and it stops at 1000 levels of nesting
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "cannot parse it"
-        if "nesting depth" in problem:
-            raise nested from None
-        raise UserError(f"config file {path}{where} is not valid YAML: {_one_line(problem)}") from None
-    except RecursionError:  # the pure-Python loader, or a constructor deep in its own stack
-        raise nested from None
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-13-45, an int too long
-        raise UserError(f"config file {path} has a value YAML cannot build: {_one_line(exc)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must be a mapping of keys to values, got {type(data).__name__}")
-    return data
-
-
-def _read_config(path: str) -> str:
-    """The file's text: a regular file (not /dev/zero, a pipe or a folder), bounded, UTF-8."""
-    try:  # O_NONBLOCK: opening a named pipe must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise UserError(f"config file {path}: cannot read it ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UserError(f"config file {path} is not a regular file: give --config a YAML file")
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise UserError(f"config file {path}: cannot read it ({exc.strerror})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise UserError(f"config file {path} is larger than 1 MB: is it the right file?")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"config file {path} is not UTF-8 text (line {line}, byte {exc.start}): "
-                        "save it as UTF-8") from None
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -336,10 +283,6 @@ def _show(value: Any, limit: int = 60) -> str:
     text = f"a {_digits(value)}-digit number" if isinstance(value, int) and abs(value) > 10**limit \
         else repr(value)
     return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
-
-
-def _one_line(message: Any) -> str:
-    return " ".join(str(message).split())
 
 
 def replica_settings(c: TrainConfig) -> ReplicaSettings:

@@ -242,3 +242,16 @@ def test_an_unreadable_log_is_one_error_line(tmp_path, capsys, command):
         log_of(run).chmod(0o644)
     assert (rc, out) == (2, "")
     assert err == [f"downpour: error: cannot read {log_of(run)} (Permission denied)"]
+
+
+def test_top_with_frames_ends_on_a_run_that_has_written_no_record_yet(tmp_path):
+    import io
+
+    from ps.obs.top import watch_run_dir
+
+    run = tmp_path / "starting"
+    run.mkdir()
+    (run / "events.msgpack").write_bytes(b"")  # the job has opened its log, nothing more
+    out = io.StringIO()
+    assert watch_run_dir(run, 0.0, 2, out) == 0  # used to wait forever
+    assert out.getvalue().count("[starting: no records yet]") == 2

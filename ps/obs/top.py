@@ -67,6 +67,8 @@ def watch_run_dir(path: Path, interval_s: float, max_frames: Optional[int], out:
             live.ingest(records)
             status = _status(path, warn) if finished else "running"
             screen.draw(render(live.snapshot(), f"downpour top  {path.name}  [{status}]"))
+        else:  # a run still starting: its log has no header yet
+            screen.draw(f"downpour top  {path.name}  [starting: no records yet]")
         if finished or (max_frames and screen.frames >= max_frames):
             return 0
         time.sleep(interval_s)  # the refresh rhythm of a live view

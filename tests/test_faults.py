@@ -10,14 +10,13 @@ import pytest
 
 from ps.common import schema
 from ps.common.config import TrainConfig
-from ps.common.protocol import PushResult
 from ps.driver.controller import JobController
 from ps.driver.train import resume, train
 from ps.obs import events
 from ps.server import checkpoint
 from ps.server.optimizers import parse_optimizer
 from ps.server.shard import ParameterShard
-from replicas.client import LOST, Installed, RayShardClient
+from replicas.client import RayShardClient
 from replicas.models import build_model, named_shapes
 from sharding import make_plan
 
@@ -104,7 +103,6 @@ def test_a_push_to_a_dead_shard_is_lost_then_one_of_the_old_incarnation_is_fence
     client.settle_oldest()
     assert client.counts["rejected"] == 2  # accepted
     assert ray_session.get(new.stats.remote())["version"] == 1
-    assert isinstance(LOST, PushResult) and isinstance(refreshed, Installed)
 
 
 def test_a_resumed_run_continues_the_versions_and_can_re_shard(ray_session, tmp_path):

@@ -22,7 +22,6 @@ class EvalScheduler:
         self.evaluator, self.every, self.timeout_s, self.record = evaluator, every_epochs, timeout_s, record
         self._next = every_epochs
         self._pending: Optional[tuple[object, float]] = None  # (ref, epochs when it started)
-        self.skipped = 0  # mid-run evaluations a shard's death cut short
 
     def poll(self, epochs: float, more_to_come: bool) -> None:
         if self._pending is not None and ray.wait([self._pending[0]], timeout=0)[0]:
@@ -47,6 +46,5 @@ class EvalScheduler:
         try:
             result = ray.get(ref, timeout=self.timeout_s)
         except ray.exceptions.RayActorError:  # a shard died under it: the next one reads its successor
-            self.skipped += 1
             return
         self.record({**result, "epochs": epochs, "t": time.time()})

@@ -239,9 +239,7 @@ class TrainingJob:
         if shard in self.recovery.given_up:
             return
         self.recovery.charge("shard", shard, self.recovery.record_fault("shard", shard, exc))
-        self.recovery.restore_shard(shard)
-        self.stats.shard_stats[shard] = ray.get(self.fleet.shards[shard].stats.remote(),
-                                                timeout=self.c.timeout_s)
+        self.recovery.restore_shard(shard)  # its stats come with _drain's next gather, just below
 
     def _inject(self, steps: int) -> None:
         """Kills the actors whose injected fault is due; the job then finds them dead as it would

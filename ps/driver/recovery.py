@@ -91,8 +91,9 @@ class Recovery:
         new = None
         if owed > 0:
             self.fleet.replace_replica(dead, tuple(row["part"]), owed)
-            new = len(self.fleet.replicas) - 1, {
-                "replica": len(self.fleet.replicas) - 1, "step": 0, "total_steps": owed,
+            new_id = len(self.fleet.replicas) - 1
+            new = new_id, {
+                "replica": new_id, "step": 0, "total_steps": owed,
                 "part": row["part"], "samples": 0, "t_first": None, "t_last": time.time(),
                 "running": False}
         self._log(schema.restart_record(time.time(), dead, new[0] if new else -1, done, owed,

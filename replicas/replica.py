@@ -16,11 +16,13 @@ import torch.nn.functional as F
 
 from ps.common import schema
 from ps.common.protocol import ReplicaSettings
+from ps.common.shm import ShmError, ShmNames
 from replicas.client import Fetch, Installed, RayShardClient, ShardClient
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
 from replicas.models import build_model
 from replicas.prefetch import JustInTime, ScheduledFetch
+from replicas.shm_client import ShmShardClient
 from sharding import ShardPlan
 
 
@@ -43,14 +45,16 @@ class ModelReplica:
                  train_images: np.ndarray, train_labels: np.ndarray, threads: int,
                  part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None,
                  *, client: Optional[ShardClient] = None, directory=None,
-                 incarnations: Optional[Sequence[int]] = None):
+                 incarnations: Optional[Sequence[int]] = None, shm: Optional[ShmNames] = None):
         """`directory`: the job's controller, where a recreated shard is found (and `incarnations`
-        of the `shards` given); `client` replaces the Ray transport (tests)."""
+        of the `shards` given); `shm`: the run's shared-memory segments, when it has them;
+        `client` replaces both transports (tests)."""
         self.id = replica_id
         self.c = config
         self.plan = plan
-        self.client = client if client is not None else RayShardClient(
-            shards, plan, config.timeout_s, directory, incarnations)
+        # the client is made when `run` starts: by then every shard's board exists
+        self.client, self._reach = client, (shards, directory, incarnations, shm)
+        self.transport, self.transport_note = ("given" if client else None), None
         self.images, self.labels = train_images, train_labels  # read-only views of the object store
         # (parts, index, generation): part `index` of `parts`, drawn afresh for each generation of
         # a scaled job, so the replicas of one generation hold disjoint data
@@ -81,16 +85,38 @@ class ModelReplica:
         torch.set_num_threads(self.threads)  # here, on the thread that computes (OpenMP is per thread)
         self._started = True
         try:
+            self.client = self.client or self._connect()
             self._loop()
             while self.client.inflight:
                 self._settle()
         finally:
             with self._lock:
                 self._ended, self.t_end = True, time.time()
+            if isinstance(self.client, ShmShardClient):
+                self.client.close()
         return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
                 "part": list(self.part), "t_first": self.t_first, "t_last": self.t_end,
                 "loss": None if self._loss is None else float(self._loss),
+                "transport": self.transport, "transport_note": self.transport_note,
                 **self.client.counts, **{f"{k}_s": v for k, v in self.timers.items()}}
+
+    def _connect(self) -> ShardClient:
+        """Shared memory when the run has it and every shard's board is on this machine; Ray
+        calls otherwise (refused when --transport shm was asked for)."""
+        shards, directory, incarnations, shm = self._reach
+        if shm is not None and self.c.transport != "ray":
+            try:
+                client = ShmShardClient(self.plan, shm, self.id, shards, self.c.max_inflight + 1,
+                                        self.c.timeout_s, directory, incarnations)
+                self.transport = "shm"
+                return client
+            except ShmError as e:
+                if self.c.transport == "shm":
+                    raise RuntimeError(f"replica {self.id}: --transport shm, but {e}: run "
+                                       "replicas on the shards' node or use --transport auto") from e
+                self.transport_note = str(e)
+        self.transport = "ray"
+        return RayShardClient(shards, self.plan, self.c.timeout_s, directory, incarnations)
 
     def _loop(self) -> None:
         c, batches, client = self.c, self._batches(), self.client
@@ -108,13 +134,20 @@ class ModelReplica:
             fetch = scheduled.take() if scheduled else None
             if (step + 1) % c.n_push == 0 or step + 1 >= total:
                 # A fetch due now goes with the push, as its reply, so it includes our own update.
-                exchanged = self._push(pushed_from, and_pull=fetch_next and fetch is None)
+                exchanged = self._push(pushed_from, and_pull=fetch_next and fetch is None
+                                       and not self._pipelined)
                 fetch, pushed_from = fetch or exchanged, None
             if fetch_next and fetch is None:
                 fetch = client.start_fetch()  # after our own push, so it includes it
             self.step = step + 1
         if pushed_from is not None:  # stopped inside an n_push round: its gradient still counts
             self._push(pushed_from, and_pull=False)
+
+    @property
+    def _pipelined(self) -> bool:
+        """The next fetch copies the boards at once instead of waiting for this push's result:
+        the step after a push computes without that push (only shared memory makes it cheaper)."""
+        return self.c.pipeline and isinstance(self.client, ShmShardClient)
 
     def _steps_to_run(self) -> Optional[int]:
         """The end check: this step's total_steps, or None (and the loop has ended) when it ends."""
@@ -179,7 +212,9 @@ class ModelReplica:
     def _push(self, computed_on: Installed, and_pull: bool) -> Optional[Fetch]:
         """Sends the accumulated gradient and returns without waiting, unless max_inflight rounds
         are already unacknowledged. With `and_pull`, returns the fetch the push replies with."""
+        t0 = time.time()
         fetch = self.client.push(self.flat.host_grads(self.acc), computed_on, self.id, and_pull)
+        self.timers["push"] += time.time() - t0
         if self.acc is not self.flat.grads:
             self.acc.zero_()
         while self.client.inflight > self.c.max_inflight:

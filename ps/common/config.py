@@ -43,6 +43,10 @@ class TrainConfig:
     max_inflight: int = opt(2, "pushes a replica may have unacknowledged before it waits")
     prefetch: Optional[bool] = opt(None, "overlap the next fetch with the compute; default: only "
                                          "when each replica has a whole CPU or a GPU of its own")
+    transport: str = opt("auto", "auto: shared memory between a replica and shards on its machine, "
+                                 "Ray calls otherwise; ray; shm: shared memory or fail")
+    pipeline: Optional[bool] = opt(None, "shared memory: compute the next step on the newest "
+                                         "parameters without waiting for the own push's result")
     sharding: str = opt("balanced", "balanced | range")
     address: Optional[str] = opt(None, "Ray cluster to join; none starts a local Ray")
     device: str = opt("auto", "auto | cpu | cuda, for replicas")
@@ -95,7 +99,8 @@ _MAX_INT = 2**63 - 1         # what msgpack, torch and Ray carry as an integer
 
 _POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight",
                   "keep_checkpoints")
-_CHOICES = {"device": DEVICES, "placement": ("spread", "pack")}
+TRANSPORTS = ("auto", "ray", "shm")
+_CHOICES = {"device": DEVICES, "placement": ("spread", "pack"), "transport": TRANSPORTS}
 # names users bring from other tools: shown as a did-you-mean for an unknown key
 _ALIASES = {"learning_rate": "lr", "num_replicas": "replicas", "workers": "replicas",
             "num_workers": "replicas", "num_shards": "shards", "bs": "batch_size", "batch": "batch_size"}
@@ -291,7 +296,8 @@ def replica_settings(c: TrainConfig) -> ReplicaSettings:
         model=c.model, seed=c.seed, replicas=c.replicas, batch_size=c.batch_size,
         total_steps=c.steps, epochs=c.epochs, n_fetch=c.n_fetch, n_push=c.n_push,
         max_inflight=c.max_inflight, local_lr=c.lr if c.local_lr is None else c.local_lr,
-        prefetch=bool(c.prefetch), device=c.device, timeout_s=c.timeout_s, event_log=c.event_log)
+        prefetch=bool(c.prefetch), device=c.device, timeout_s=c.timeout_s, event_log=c.event_log,
+        transport=c.transport, pipeline=bool(c.pipeline))
 
 
 def to_dict(c: TrainConfig) -> dict:

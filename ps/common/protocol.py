@@ -42,3 +42,5 @@ class ReplicaSettings:
     device: str
     timeout_s: float
     event_log: bool         # record fetches for the event log
+    transport: str = "ray"  # auto | ray | shm (TrainConfig.transport)
+    pipeline: bool = False  # shm: the next fetch does not wait for the own push's result

@@ -28,10 +28,12 @@ from ps.driver.controller import NAMESPACE, JobController
 from ps.driver.placement import Placement
 from ps.driver.prepare import Prepared
 from ps.server.shard import ParameterShard
+from ps.server.shm_shard import SharedMemoryShard
 from replicas.evaluator import Evaluator
 from replicas.replica import ModelReplica
 
 PLACE_POLL_S = 0.2  # how often a pending reservation is asked whether Ray finds it infeasible
+CLOSE_WAIT_S = 2.0  # at the end, for live shards to remove their shared-memory files
 
 
 class Reservation:
@@ -165,6 +167,8 @@ class Fleet:
         tells the replicas (through the controller) and the evaluator where it is."""
         self.incarnations[shard] += 1
         ray.kill(self.shards[shard], no_restart=True)  # dead already, or not quite: it must not answer
+        if self.p.shm is not None:  # a killed shard leaves its board and doorbell behind
+            self.p.shm.remove_shard(shard, self.incarnations[shard] - 1)
         self.shards[shard] = self._new_shard(shard, state.values, self.reservations[0].options(shard),
                                              state)
         self._wait_ready(self.shards[shard:shard + 1])
@@ -173,6 +177,9 @@ class Fleet:
         self.nodes["shards"][shard] = _node_ids(self.shards[shard:shard + 1])[0]
 
     def kill(self) -> None:
+        if self.p.shm is not None:  # live shards remove their own files, wherever they run
+            ray.wait([s.close.remote() for s in self.shards], num_returns=len(self.shards),
+                     timeout=CLOSE_WAIT_S)
         for actor in self.shards + self.replicas + [a for a in (self.evaluator, self.controller) if a]:
             ray.kill(actor)
         for room in self.reservations:
@@ -181,10 +188,11 @@ class Fleet:
     def _new_shard(self, shard_id, piece, options, state=None):
         c = self.c
         opts = {**self.place.shard_options(), **options}
-        return ray.remote(ParameterShard).options(**opts).remote(
+        shm = {} if self.p.shm is None else {"shm": self.p.shm}
+        return ray.remote(SharedMemoryShard if shm else ParameterShard).options(**opts).remote(
             shard_id, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
             self.p.budget.planned_updates, self.name if c.metrics else None, c.event_log,
-            clip_norm=c.clip_norm, incarnation=self.incarnations[shard_id], state=state)
+            clip_norm=c.clip_norm, incarnation=self.incarnations[shard_id], state=state, **shm)
 
     def _new_replica(self, replica_id, options, part=None, total_steps=None):
         self.homes[replica_id] = options
@@ -192,7 +200,7 @@ class Fleet:
                                                max_concurrency=2)
         return cls.remote(replica_id, replica_settings(self.c), self.p.plan, self.shards, *self._train,
                           self.place.threads, part, total_steps, directory=self.controller,
-                          incarnations=list(self.incarnations))
+                          incarnations=list(self.incarnations), shm=self.p.shm)
 
     def _wait_ready(self, actors: list) -> None:
         """Reserved actors start at once unless a constructor raises (it fails here, with its

@@ -31,6 +31,7 @@ class Prepared:
     budget: StepBudget
     asked: Optional[dict] = None   # the configuration as the user gave it (checkpoints keep it)
     resume: Any = None             # ps.driver.resume.Resume when the job continues a run
+    shm: Any = None                # ps.common.shm.ShmNames when shared memory is used
 
 
 def prepare(c: TrainConfig) -> Prepared:

@@ -83,6 +83,8 @@ class Recovery:
         """Counts the dead replica's steps that every shard received, then starts a replacement for
         the steps it owed; returns (new id, its first progress row) or None when it owed none."""
         row = self.stats.replicas[dead]
+        if self.fleet.p.shm is not None:  # a killed replica leaves its slots behind
+            self.fleet.p.shm.remove_replica(dead)
         received = min(s["pushes_from"].get(dead, 0) for s in shard_stats)
         done = min(row["total_steps"], received * self.n_push)
         owed = row["total_steps"] - done

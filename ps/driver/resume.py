@@ -31,7 +31,7 @@ RESUMABLE = frozenset({
     "replicas", "shards", "epochs", "steps", "address", "data_dir", "device", "prefetch",
     "replica_cpus", "shard_cpus", "replica_resources", "shard_resources", "placement", "threads",
     "timeout_s", "eval_every", "metrics", "metrics_port", "tensorboard", "checkpoint_every",
-    "keep_checkpoints", "max_replica_restarts", "max_shard_restarts", "divergence_factor",
+    "keep_checkpoints", "max_replica_restarts", "max_shard_restarts", "divergence_factor", "transport", "pipeline",
     "inject_faults", "fail_on_rejected"})
 
 

@@ -86,10 +86,21 @@ class RunStats:
             "staleness": {**summarize(np.concatenate(per_shard)), "per_shard": [summarize(t) for t in per_shard]},
             "fetches": {"count": int(spreads.size), "mixed_versions": int((spreads > 0).sum()),
                         "max_spread": int(spreads.max()) if spreads.size else None} if event_log else None,
+            "transport": {"asked": c.transport, "replicas": _count(r.get("transport")
+                                                                   for r in self.replicas.values())},
             "evaluations": self.eval_rows(),
             "replica_stats": [{k: v for k, v in r.items() if k != "final"}
                               for _, r in sorted(self.replicas.items())],
         }
+
+
+def _count(values) -> dict:
+    """value -> how many, leaving out None (a replica that never reported)."""
+    found: dict = {}
+    for v in values:
+        if v is not None:
+            found[v] = found.get(v, 0) + 1
+    return found
 
 
 def _taus(stats: Optional[dict]) -> np.ndarray:

@@ -12,7 +12,7 @@ import ray
 from ps.common import rundir, schema
 from ps.common.config import TrainConfig, to_dict
 from ps.common.errors import UserError
-from ps.driver import actors, placement
+from ps.driver import actors, placement, transport
 from ps.driver import ray_session as cluster
 from ps.driver.job import TrainingJob
 from ps.driver.prepare import prepare
@@ -67,6 +67,10 @@ def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
                 rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise
         prepared.config = dataclasses.replace(c, prefetch=place.prefetch)
+        plan = prepared.plan
+        prepared.shm = transport.choose(
+            c.transport, [plan.shard_numel(s) for s in range(plan.num_shards)], c.replicas,
+            c.max_inflight, lambda line: print(f"downpour: warning: {line}", file=out))
         if fresh:
             prepared.asked["prefetch"] = place.prefetch
             rundir.write_config(path, prepared.asked)
@@ -79,6 +83,8 @@ def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
                   file=out)
         summary = TrainingJob(prepared, place, rooms, path, out).run()
     finally:
+        if prepared.shm is not None:  # whatever ended the run, its segments go with it
+            prepared.shm.remove()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
         if started:

@@ -66,7 +66,7 @@ class ShmShardClient(ShardClient):
         return Fetch([None] * len(self.boards), time.time(), tuple(self.incarnations))
 
     def _landed(self, handles: list) -> bool:
-        return all(h is None or self._done(s, *h) for s, h in enumerate(handles))
+        return all(h is None or self._done(s, *h[:2]) for s, h in enumerate(handles))
 
     def _replies(self, fetch: Fetch) -> Iterator[tuple[int, tuple, int]]:
         for shard, handle in enumerate(fetch.handles):
@@ -91,7 +91,7 @@ class ShmShardClient(ShardClient):
             except BlockingIOError:  # its doorbell is full: wait for room, as a blocking send would
                 self._send_blocking(DOORBELL.pack(replica_id, slot, ticket, version, incarnation),
                                     shard, sent_to[shard], ticket)
-        return [(slot, ticket)] * len(pieces), sent_to
+        return [(slot, ticket, incarnation) for incarnation in sent_to], sent_to
 
     def _send_blocking(self, message: bytes, shard: int, incarnation: int, ticket: int) -> None:
         self.mailbox.settimeout(self.timeout_s)
@@ -106,8 +106,9 @@ class ShmShardClient(ShardClient):
 
     def _results(self, round_: Fetch) -> list[PushResult]:
         results = []
-        for shard, (slot, ticket) in enumerate(round_.handles):
-            if not self._wait(shard, slot, ticket):
+        for shard, handle in enumerate(round_.handles):
+            slot, ticket, _ = handle
+            if not self._wait(shard, *handle):
                 results.append(LOST)
                 continue
             results.append(PushResult(*self.slots.read_result(shard, slot)))
@@ -117,13 +118,14 @@ class ShmShardClient(ShardClient):
     def _done(self, shard: int, slot: int, ticket: int) -> bool:
         return int(self.slots.results[shard, slot]["done"]) == ticket
 
-    def _wait(self, shard: int, slot: int, ticket: int) -> bool:
-        """Blocks until the shard has written this push's result: True; False if the push was lost
-        (the shard died first; this client then follows it to its next incarnation)."""
+    def _wait(self, shard: int, slot: int, ticket: int, incarnation: int) -> bool:
+        """Blocks until the shard (the `incarnation` the push went to) has written this push's
+        result: True; False if the push was lost (that incarnation died first; this client then
+        follows the shard to its next one)."""
         deadline = time.monotonic() + self.timeout_s
         while not self._done(shard, slot, ticket):
-            if (shard, ticket) in self._lost:
-                return self._lose(shard, ticket)
+            if (shard, ticket) in self._lost or incarnation < self.incarnations[shard]:
+                return self._lose(shard, ticket, incarnation)
             self._drain()
             if self._done(shard, slot, ticket):
                 break
@@ -134,15 +136,15 @@ class ShmShardClient(ShardClient):
             try:
                 self.mailbox.recv(16)  # the shard's wake-up
             except socket.timeout:  # none for a while: is the shard still there?
-                if not self._alive(shard) and not self._done(shard, slot, ticket):
-                    return self._lose(shard, ticket)
+                if not self._alive(shard, incarnation) and not self._done(shard, slot, ticket):
+                    return self._lose(shard, ticket, incarnation)
             finally:
                 self.mailbox.setblocking(False)
         return True
 
-    def _lose(self, shard: int, ticket: int) -> bool:
+    def _lose(self, shard: int, ticket: int, incarnation: int) -> bool:
         self._lost.discard((shard, ticket))
-        self._follow(shard)
+        self._follow(shard, incarnation)  # returns at once if a newer one is known already
         return False
 
     def _drain(self) -> None:
@@ -153,20 +155,21 @@ class ShmShardClient(ShardClient):
         except BlockingIOError:
             pass
 
-    def _alive(self, shard: int) -> bool:
+    def _alive(self, shard: int, incarnation: int) -> bool:
         try:
-            self.mailbox.sendto(b"", self.names.doorbell(shard, self.incarnations[shard]))
+            self.mailbox.sendto(b"", self.names.doorbell(shard, incarnation))
         except (ConnectionRefusedError, FileNotFoundError):
             return False
         except BlockingIOError:
             pass  # full of doorbells: someone is behind on reading, not dead
         return True
 
-    def _follow(self, shard: int) -> None:
-        """The shard died: wait for its next incarnation (the job's directory) and use its board."""
-        dead = self.incarnations[shard]
+    def _follow(self, shard: int, dead: int) -> None:
+        """Incarnation `dead` of the shard died: wait for a newer one (the job's directory) and use
+        its board."""
+        known = self.incarnations[shard]
         self.control._reconnect(shard, dead)
-        if self.incarnations[shard] != dead:
+        if self.incarnations[shard] != known:
             self.boards[shard].close()
             self.boards[shard] = self._attach(shard)
 

@@ -37,6 +37,7 @@ MAGIC_BOARD, MAGIC_SLOTS = 0x64705F626F617264, 0x64705F736C6F7473
 MAX_SOCKET_PATH = 107          # bytes in sockaddr_un.sun_path, less the terminating NUL
 DOORBELL = struct.Struct("<qqqqq")  # replica, slot, ticket, fetched version, incarnation
 REASON_BYTES = 192
+RAISED = -1                    # a result's `accepted` when the push raised on the shard
 RESULT = np.dtype([("ticket", "<i8"), ("done", "<i8"), ("accepted", "<i8"), ("tau", "<i8"),
                    ("scale", "<f8"), ("reason_len", "<i8"), ("pad", "<i8", (2,)),
                    ("reason", f"S{REASON_BYTES}")])  # 256 bytes
@@ -44,6 +45,10 @@ RESULT = np.dtype([("ticket", "<i8"), ("done", "<i8"), ("accepted", "<i8"), ("ta
 
 class ShmError(OSError):
     """A segment that cannot be made or found; the message says which and why."""
+
+
+class ShardFailed(RuntimeError):
+    """A push raised on the shard (a user's rule, say): the replica that pushed it fails with it."""
 
 
 def shm_dir() -> str:
@@ -287,14 +292,20 @@ class GradSlots:
                      scale: float, reason: Optional[str]) -> None:
         r = self.results[shard, slot]
         text = (reason or "").encode("utf-8", "replace")[:REASON_BYTES]
-        r["accepted"], r["tau"], r["scale"] = int(accepted), tau, scale
+        r["accepted"], r["tau"], r["scale"] = int(accepted), tau, scale  # or RAISED
         r["reason"], r["reason_len"] = text, len(text) if reason is not None else -1
         r["done"] = ticket               # last: the replica reads the rest only after it sees this
+
+    def write_error(self, shard: int, slot: int, ticket: int, error: str) -> None:
+        """The push raised on the shard: `read_result` raises ShardFailed with `error`."""
+        self.write_result(shard, slot, ticket, RAISED, -1, 0.0, error)
 
     def read_result(self, shard: int, slot: int) -> tuple[bool, int, float, Optional[str]]:
         r = self.results[shard, slot]
         length = int(r["reason_len"])
         reason = None if length < 0 else bytes(r["reason"])[:length].decode("utf-8", "replace")
+        if int(r["accepted"]) == RAISED:
+            raise ShardFailed(reason)
         return bool(r["accepted"]), int(r["tau"]), float(r["scale"]), reason
 
     def close(self) -> None:

@@ -322,7 +322,7 @@ class TrainingJob:
     def _wind_down(self, status: str, error: Optional[str]) -> tuple[dict, Optional[str]]:
         """Stops the replicas and waits for their runs (so every push has landed), then the final
         evaluation and model.pt. Returns (final evaluation or {}, the run's error)."""
-        if self.fleet.evaluator is None:
+        if self.evals is None:  # it failed before the job had started
             return {}, error
         self.winding_down = True
         try:

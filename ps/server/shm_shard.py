@@ -68,8 +68,13 @@ class SharedMemoryShard(ParameterShard):
         if slots is None or not 0 <= slot < slots.depth or \
                 int(slots.results[self.shard_id, slot]["ticket"]) != ticket:
             return None  # a replica whose slots are gone (it died), or a garbled doorbell
-        result = ParameterShard.push(self, slots.gradient(self.shard_id, slot), version, replica,
-                                     incarnation)
+        try:
+            result = ParameterShard.push(self, slots.gradient(self.shard_id, slot), version, replica,
+                                         incarnation)
+        except Exception as e:  # a user's rule raised: the pushing replica fails with it, as over Ray
+            slots.write_error(self.shard_id, slot, ticket, f"shard {self.shard_id}: "
+                                                           f"{type(e).__name__}: {e}")
+            return replica
         slots.write_result(self.shard_id, slot, ticket, *result)
         return replica
 

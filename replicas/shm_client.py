@@ -19,7 +19,14 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from ps.common.protocol import PushResult
-from ps.common.shm import DOORBELL, GradSlots, ShmError, ShmNames, ValueBoard, datagram_socket
+from ps.common.shm import (
+    DOORBELL,
+    GradSlots,
+    ShmError,
+    ShmNames,
+    ValueBoard,
+    datagram_socket,
+)
 from replicas.client import LOST, Fetch, RayShardClient, ShardClient
 from sharding import ShardPlan
 

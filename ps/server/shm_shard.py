@@ -14,7 +14,14 @@ import threading
 import numpy as np
 
 from ps.common.protocol import PushPullReply, PushResult
-from ps.common.shm import DOORBELL, GradSlots, ShmError, ShmNames, ValueBoard, datagram_socket
+from ps.common.shm import (
+    DOORBELL,
+    GradSlots,
+    ShmError,
+    ShmNames,
+    ValueBoard,
+    datagram_socket,
+)
 from ps.server.checkpoint import ShardState
 from ps.server.shard import ParameterShard
 

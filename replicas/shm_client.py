@@ -31,6 +31,7 @@ from replicas.client import LOST, Fetch, RayShardClient, ShardClient
 from sharding import ShardPlan
 
 PROBE_EVERY_S = 0.5  # while waiting for a result: how often to check that the shard is alive
+BACKSTOP_S = 0.005   # longest sleep without a wake-up (see ps.common.shm on the race it covers)
 
 
 class ShmShardClient(ShardClient):
@@ -129,25 +130,37 @@ class ShmShardClient(ShardClient):
         """Blocks until the shard (the `incarnation` the push went to) has written this push's
         result: True; False if the push was lost (that incarnation died first; this client then
         follows the shard to its next one)."""
-        deadline = time.monotonic() + self.timeout_s
+        now = time.monotonic()
+        deadline, probe_at = now + self.timeout_s, now + PROBE_EVERY_S
         while not self._done(shard, slot, ticket):
             if (shard, ticket) in self._lost or incarnation < self.incarnations[shard]:
                 return self._lose(shard, ticket, incarnation)
-            self._drain()
-            if self._done(shard, slot, ticket):
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise TimeoutError(f"no result from shard {shard} in {self.timeout_s:g} s")
-            self.mailbox.settimeout(min(PROBE_EVERY_S, left))
-            try:
-                self.mailbox.recv(16)  # the shard's wake-up
-            except socket.timeout:  # none for a while: is the shard still there?
+            if now >= probe_at:  # no result for a while: is that shard still there?
                 if not self._alive(shard, incarnation) and not self._done(shard, slot, ticket):
                     return self._lose(shard, ticket, incarnation)
-            finally:
-                self.mailbox.setblocking(False)
+                probe_at = now + PROBE_EVERY_S
+            self._sleep(shard, slot, ticket)
         return True
+
+    def _sleep(self, shard: int, slot: int, ticket: int) -> None:
+        """Until a shard's wake-up, or BACKSTOP_S. The waiting flag goes up before the last look
+        at the result, so a result written after that look comes with a wake-up."""
+        self._drain()
+        self.slots.waiting[0] = 1
+        try:
+            if self._done(shard, slot, ticket):
+                return
+            self.mailbox.settimeout(BACKSTOP_S)
+            try:
+                self.mailbox.recv(16)
+            except socket.timeout:
+                pass
+        finally:
+            self.slots.waiting[0] = 0
+            self.mailbox.setblocking(False)
 
     def _lose(self, shard: int, ticket: int, incarnation: int) -> bool:
         self._lost.discard((shard, ticket))

@@ -13,7 +13,10 @@ actors ended, and a driver that starts removes those of drivers no longer alive:
 
 Ordering: the boards' sequence words and the slots' done words rely on stores (and loads) not being
 reordered across numpy calls, which the x86-64 memory model guarantees; `--transport auto` uses
-shared memory only there. A datagram's send and receive are system calls, which order everything.
+shared memory only there. A datagram's send and receive are system calls, which order everything. A shard sends a wake-up
+only to a replica that says it is waiting; the one store-then-load race that this allows (both
+sides' stores still in their store buffers) costs the replica a short backstop timeout, never a
+result.
 """
 
 import dataclasses
@@ -247,8 +250,8 @@ class ValueBoard:
 
 
 # ---- a replica's gradient slots ---------------------------------------------------------------
-# header int64 words: magic, shards, depth, then each shard's data offset
-_SLOTS_FIXED = 3
+# header int64 words: magic, shards, depth, waiting, then each shard's data offset and size
+_SLOTS_FIXED, _WAITING = 4, 3
 
 
 class GradSlots:
@@ -263,6 +266,7 @@ class GradSlots:
         if int(fixed[0]) != MAGIC_SLOTS:
             raise ShmError(0, f"{segment.path} is not a downpour slot file")
         self.shards, self.depth = int(fixed[1]), int(fixed[2])
+        self.waiting = fixed[_WAITING:_WAITING + 1]  # nonzero while the replica sleeps on its mailbox
         offsets = segment.array(np.int64, _SLOTS_FIXED + 2 * self.shards, 0)[_SLOTS_FIXED:]
         self.results = segment.array(RESULT, self.shards * self.depth,
                                      _header_bytes(self.shards)).reshape(self.shards, self.depth)
@@ -276,7 +280,7 @@ class GradSlots:
             offset += depth * _aligned(4 * size)
         segment = Segment.create(path, offset)
         header = segment.array(np.int64, _SLOTS_FIXED + len(table), 0)
-        header[1:] = [len(sizes), depth, *table]
+        header[1:] = [len(sizes), depth, 0, *table]
         header[0] = MAGIC_SLOTS
         return cls(segment)
 

@@ -66,7 +66,8 @@ class SharedMemoryShard(ParameterShard):
                 if served:
                     self.board.publish(self.optimizer.values, self.version)
             for replica in {r for r in served if r is not None}:  # after the board has the update
-                self._wake(replica)
+                if self._slots[replica].waiting[0]:  # a replica busy computing needs no wake-up
+                    self._wake(replica)
 
     def _serve_one(self, message: bytes):
         """Applies one push; returns the replica to tell, or None for a doorbell to ignore."""

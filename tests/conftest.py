@@ -50,3 +50,27 @@ def fashion_dir() -> Path:
         return find_fashion_mnist(SHARED_DATA, download=False)
     except DataError as exc:
         pytest.skip(f"{exc}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    """Every run removes its shared-memory files on every exit path: after the whole session none
+    of a driver of this session (this process, or a `downpour` process that has ended) is left."""
+    from ps.common import shm
+
+    before = set(Path(shm.shm_dir()).glob(f"{shm.PREFIX}*"))
+    yield
+    left = [p for p in set(Path(shm.shm_dir()).glob(f"{shm.PREFIX}*")) - before
+            if _ours(p.name[len(shm.PREFIX):].split("-", 1)[0])]
+    assert not left, f"shared-memory files left behind: {sorted(map(str, left))[:5]}"
+
+
+def _ours(pid: str) -> bool:
+    """This process, or one that has ended (the CLI tests' drivers); not another live program."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    return False

@@ -128,7 +128,7 @@ class ModelReplica:
             fetch_next = (step + 1) % c.n_fetch == 0 and step + 1 < total
             # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
             scheduled = ScheduledFetch(client.start_fetch, self.jit.delay()) if (
-                fetch_next and c.prefetch) else None
+                fetch_next and self._prefetch) else None
             pushed_from = pushed_from or got  # staleness counts from the oldest gradient's fetch
             self._compute(next(batches), local_step=c.n_fetch > 1)
             fetch = scheduled.take() if scheduled else None
@@ -142,6 +142,12 @@ class ModelReplica:
             self.step = step + 1
         if pushed_from is not None:  # stopped inside an n_push round: its gradient still counts
             self._push(pushed_from, and_pull=False)
+
+    @property
+    def _prefetch(self) -> bool:
+        """Timed prefetch is for calls that take a round trip; a shared-memory fetch is a copy made
+        when it is installed (prefetching it would only leave out the replica's own push)."""
+        return self.c.prefetch and not isinstance(self.client, ShmShardClient)
 
     @property
     def _pipelined(self) -> bool:
@@ -180,12 +186,12 @@ class ModelReplica:
         """Waits for every shard's reply, copying each into the flat parameters as it lands."""
         t0 = time.time()
         try:  # only timed prefetch learns from whether the fetch had landed: spare the probe otherwise
-            got = self.client.install(fetch, self.flat.host_values(), probe=self.c.prefetch)
+            got = self.client.install(fetch, self.flat.host_values(), probe=self._prefetch)
         except TimeoutError as e:
             raise TimeoutError(f"replica {self.id}: {e}") from e
         self.flat.upload()
         self.timers["fetch_wait"] += time.time() - t0
-        if self.c.prefetch and self.step:  # the first fetch has no compute to time it against
+        if self._prefetch and self.step:  # the first fetch has no compute to time it against
             self.jit.observe(self._last_compute_s, None if got.landed else got.rtt_s)
         if self.c.event_log:
             self._events.append(schema.fetch_record(t0, self.id, got.versions, got.spread_s))

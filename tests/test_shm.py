@@ -100,11 +100,14 @@ def test_a_run_removes_its_files_and_a_dead_drivers_files_are_swept(names, tmp_p
     dead = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
     dead.start()
     dead.join()
-    stale = tmp_path / f"{shm.PREFIX}{dead.pid}-feedbeef-s0i0.board"
-    live = tmp_path / f"{shm.PREFIX}{os.getpid()}-feedbeef-s0i0.board"
-    stale.touch(), live.touch()
+    tag = shm.host_tag()
+    stale = tmp_path / f"{shm.PREFIX}{dead.pid}-{tag}-feedbeef-s0i0.board"
+    live = tmp_path / f"{shm.PREFIX}{os.getpid()}-{tag}-feedbeef-s0i0.board"
+    elsewhere = tmp_path / f"{shm.PREFIX}{dead.pid}-0badc0de-feedbeef-s0i0.board"  # another host's
+    for path in (stale, live, elsewhere):
+        path.touch()
     assert shm.sweep_stale(str(tmp_path)) == 1
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists()
 
 
 def test_a_socket_path_too_long_is_a_clear_error(tmp_path):
@@ -237,3 +240,44 @@ def test_shm_and_ray_transports_train_bit_for_bit_alike_and_as_torch_optim(ray_s
     np.testing.assert_allclose(over_shm, reference_run(optimizer, synthetic(SEED, 600, 100)),
                                rtol=1e-5, atol=1e-6)
     assert names.files() == []
+
+
+def test_a_result_is_written_only_after_the_board_holds_its_update(names):
+    plan, shard, client = one_shard(names)
+    host, grad = np.empty(1000, np.float32), np.ones(1000, np.float32)
+    got = client.install(client.start_fetch(), host)
+    publish, done_at_publish = shard.board.publish, []
+
+    def watched(values, version):
+        done_at_publish.append(int(client.slots.results[0, 1]["done"]))  # ticket 1 uses slot 1
+        publish(values, version)
+
+    shard.board.publish = watched
+    after = client.install(client.push(grad, got, 0, and_pull=True), host)
+    assert done_at_publish == [0] and after.versions == [1]  # not done while publishing; then 1
+    client.settle_oldest()
+    client.close()
+    shard.close()
+
+
+def test_a_doorbell_thread_that_fails_fails_the_job_instead_of_hanging_it(names, monkeypatch):
+    plan, shard, client = one_shard(names)
+    monkeypatch.setattr(shard, "_serve_one", lambda message: 1 / 0)
+    got = client.install(client.start_fetch(), np.empty(1000, np.float32))
+    client.push(np.ones(1000, np.float32), got, 0, and_pull=False)
+    with pytest.raises(RuntimeError, match="shard 0 died"):  # its doorbell closed: seen as dead
+        client.settle_oldest()
+    with pytest.raises(RuntimeError, match="doorbell thread: ZeroDivisionError"):
+        shard.stats()
+    client.close()
+    shard.close()
+
+
+def test_under_auto_a_shard_without_shared_memory_serves_ray_calls(tmp_path):
+    names = shm.ShmNames(str(tmp_path / "missing"), "downpour-1-x-y")
+    shard = SharedMemoryShard(0, np.zeros(4, np.float32), parse_optimizer("sgd"), 0.5, "constant",
+                              shm=names)
+    assert shard.stats()["transport"] == "ray" and shard.push(np.ones(4, np.float32), 0, 0).accepted
+    with pytest.raises(shm.ShmError):
+        SharedMemoryShard(0, np.zeros(4, np.float32), parse_optimizer("sgd"), 0.5, "constant",
+                          shm=names, required=True)

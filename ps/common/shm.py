@@ -1,7 +1,7 @@
 """The shared-memory data plane's segments, for a shard and the replicas on its machine (no Ray).
 
 Every file of one run lives in SHM_DIR (/dev/shm, or DOWNPOUR_SHM_DIR) under the run's prefix
-`downpour-<driver pid>-<token>`, so the driver removes them all when the run ends, however its
+`downpour-<driver pid>-<host tag>-<token>`, so the driver removes them all when the run ends, however its
 actors ended, and a driver that starts removes those of drivers no longer alive:
 
 - `<prefix>-s<S>i<I>.board`: shard S, incarnation I, publishes its values and version after
@@ -20,6 +20,7 @@ result.
 """
 
 import dataclasses
+import hashlib
 import mmap
 import os
 import platform
@@ -75,7 +76,7 @@ class ShmNames:
 
     @classmethod
     def new(cls, directory: Optional[str] = None) -> "ShmNames":
-        return cls(directory or shm_dir(), f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+        return cls(directory or shm_dir(), f"{PREFIX}{os.getpid()}-{host_tag()}-{secrets.token_hex(4)}")
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, f"{self.prefix}-{name}")
@@ -107,13 +108,27 @@ class ShmNames:
         return self.remove([self.slots(replica), self.mailbox(replica)])
 
 
+def host_tag() -> str:
+    """Names this host and PID namespace: a pid means something only where it was taken, and a
+    /dev/shm may be shared with containers or hold files of a driver on another node."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.sha1(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
+
+
 def sweep_stale(directory: Optional[str] = None) -> int:
-    """Removes segments of drivers that are no longer alive (a driver killed outright cannot
-    clean up); returns how many files went."""
-    removed = 0
-    for path in Path(directory or shm_dir()).glob(f"{PREFIX}*-*"):
+    """Removes this user's segments of drivers of this host and namespace that are no longer
+    alive (a driver killed outright cannot clean up); returns how many files went."""
+    removed, tag, uid = 0, host_tag(), os.getuid()
+    for path in Path(directory or shm_dir()).glob(f"{PREFIX}*-{tag}-*"):
         pid = path.name[len(PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        try:
+            mine = path.lstat().st_uid == uid
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not _alive(int(pid)):
             removed += _unlink(str(path))
     return removed
 
@@ -132,7 +147,7 @@ def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
         return True
-    except FileNotFoundError:
+    except OSError:  # gone already, or not ours to remove
         return False
 
 

@@ -188,7 +188,7 @@ class Fleet:
     def _new_shard(self, shard_id, piece, options, state=None):
         c = self.c
         opts = {**self.place.shard_options(), **options}
-        shm = {} if self.p.shm is None else {"shm": self.p.shm}
+        shm = {} if self.p.shm is None else {"shm": self.p.shm, "required": c.transport == "shm"}
         return ray.remote(SharedMemoryShard if shm else ParameterShard).options(**opts).remote(
             shard_id, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
             self.p.budget.planned_updates, self.name if c.metrics else None, c.event_log,

@@ -61,16 +61,16 @@ def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
             started = cluster.connect(c.address, c.metrics_port)
             previous_sigterm = _sigterm_as_interrupt()
             place = placement.plan_resources(c, ray.cluster_resources(), placement.live_nodes())
+            plan = prepared.plan
+            prepared.shm = transport.choose(
+                c.transport, [plan.shard_numel(s) for s in range(plan.num_shards)], c.replicas,
+                c.max_inflight, lambda line: print(f"downpour: warning: {line}", file=out))
             rooms = actors.reserve_job(c, place)
         except UserError:
             if fresh:
                 rundir.remove_if_empty(path)  # nothing ran: leave no empty run directory behind
             raise
         prepared.config = dataclasses.replace(c, prefetch=place.prefetch)
-        plan = prepared.plan
-        prepared.shm = transport.choose(
-            c.transport, [plan.shard_numel(s) for s in range(plan.num_shards)], c.replicas,
-            c.max_inflight, lambda line: print(f"downpour: warning: {line}", file=out))
         if fresh:
             prepared.asked["prefetch"] = place.prefetch
             rundir.write_config(path, prepared.asked)

@@ -84,6 +84,10 @@ class ServerOptimizer:
         self._restore(before)
         return False
 
+    def release_grad(self) -> None:
+        """Lets go of a gradient `step` read in place (a shared-memory slot the sender reuses)."""
+        self.param.grad = self._grad
+
     def _tensors(self) -> dict:
         """The parameters ("") and every state tensor, by name."""
         state = self.optim.state.get(self.param, {})

@@ -10,6 +10,7 @@ and the event log are the same whichever way a gradient came.
 """
 
 import threading
+from typing import Optional
 
 import numpy as np
 
@@ -29,48 +30,81 @@ MAX_BATCH = 64  # doorbells applied before the board is published again
 
 
 class SharedMemoryShard(ParameterShard):
-    def __init__(self, *args, shm: ShmNames, **kwargs):
-        """The arguments of ParameterShard, and where this run's segments go. Raises ShmError
-        when the board or the doorbell cannot be made."""
+    def __init__(self, *args, shm: ShmNames, required: bool = False, **kwargs):
+        """The arguments of ParameterShard, and where this run's segments go. When the board or
+        the doorbell cannot be made (another node's /dev/shm full, say) it raises ShmError if
+        shared memory is `required`, else it serves Ray calls only: replicas find no board and
+        use them too."""
         super().__init__(*args, **kwargs)
         self.names, self._lock = shm, threading.RLock()
+        self._slots: dict[int, GradSlots] = {}  # replica id -> its slots, attached on first push
+        self._failure: Optional[str] = None
+        self.board = None
         if self.incarnation:  # the dead incarnation cannot clean up after itself
             shm.remove_shard(self.shard_id, self.incarnation - 1)
-        self.board = ValueBoard.create(shm.board(self.shard_id, self.incarnation), self.size)
         try:
-            self.doorbell = datagram_socket(shm.doorbell(self.shard_id, self.incarnation))
-        except ShmError:
+            self._open()
+        except ShmError as e:
             shm.remove_shard(self.shard_id, self.incarnation)
-            raise
+            if required:
+                raise
+            self.board, self.shm_note = None, str(e)
+
+    def _open(self) -> None:
+        shm = self.names
+        self.board = ValueBoard.create(shm.board(self.shard_id, self.incarnation), self.size)
+        self.doorbell = datagram_socket(shm.doorbell(self.shard_id, self.incarnation))
         self.board.publish(self.optimizer.values, self.version)
-        self._slots: dict[int, GradSlots] = {}  # replica id -> its slots, attached on first push
         self._reply = datagram_socket()
         self._reply.setblocking(False)
         threading.Thread(target=self._serve, name=f"shard-{self.shard_id}-doorbell", daemon=True).start()
 
     # ---- the doorbell ------------------------------------------------------------------------
     def _serve(self) -> None:
-        while True:
-            batch = [self.doorbell.recv(DOORBELL.size)]
-            self.doorbell.setblocking(False)
-            try:
-                while len(batch) < MAX_BATCH:
-                    batch.append(self.doorbell.recv(DOORBELL.size))
-            except BlockingIOError:
-                pass
-            finally:
-                self.doorbell.setblocking(True)
-            with self._lock:
-                served = [self._serve_one(message) for message in batch
-                          if len(message) == DOORBELL.size]  # an empty datagram is a liveness probe
-                if served:
-                    self.board.publish(self.optimizer.values, self.version)
-            for replica in {r for r in served if r is not None}:  # after the board has the update
-                if self._slots[replica].waiting[0]:  # a replica busy computing needs no wake-up
-                    self._wake(replica)
+        """Applies doorbells in batches until the process ends. If it ever raises, the shard
+        stops answering (its socket closes, so replicas see it as dead) and `stats` raises the
+        error, which fails the job with it."""
+        try:
+            while True:
+                self._serve_batch(self._ring())
+        except Exception as e:  # noqa: BLE001 (the thread must not die silently)
+            self._failure = f"shard {self.shard_id}: doorbell thread: {type(e).__name__}: {e}"
+            self.doorbell.close()
 
-    def _serve_one(self, message: bytes):
-        """Applies one push; returns the replica to tell, or None for a doorbell to ignore."""
+    def _ring(self) -> list[bytes]:
+        """The next doorbell, and every one already waiting behind it (up to MAX_BATCH)."""
+        batch = [self.doorbell.recv(DOORBELL.size)]
+        self.doorbell.setblocking(False)
+        try:
+            while len(batch) < MAX_BATCH:
+                batch.append(self.doorbell.recv(DOORBELL.size))
+        except BlockingIOError:
+            pass
+        finally:
+            self.doorbell.setblocking(True)
+        return batch
+
+    def _serve_batch(self, batch: list[bytes]) -> None:
+        """Applies the pushes, publishes the board once, and only then writes their results: a
+        replica that sees its result done finds its update on the board."""
+        with self._lock:
+            served = [done for message in batch if len(message) == DOORBELL.size  # empty: a probe
+                      and (done := self._serve_one(message)) is not None]
+            if not served:
+                return
+            self.board.publish(self.optimizer.values, self.version)
+            for slots, slot, ticket, result in served:
+                if isinstance(result, str):
+                    slots.write_error(self.shard_id, slot, ticket, result)
+                else:
+                    slots.write_result(self.shard_id, slot, ticket, *result)
+        for replica, slots in {s.replica: s for s, *_ in served}.items():
+            if slots.waiting[0]:  # a replica busy computing needs no wake-up
+                self._wake(replica)
+
+    def _serve_one(self, message: bytes) -> Optional[tuple]:
+        """Applies one push: (its slots, slot, ticket, PushResult or the error it raised), or None
+        for a doorbell to ignore."""
         replica, slot, ticket, version, incarnation = DOORBELL.unpack(message)
         slots = self._replica_slots(replica)
         if slots is None or not 0 <= slot < slots.depth or \
@@ -80,11 +114,10 @@ class SharedMemoryShard(ParameterShard):
             result = ParameterShard.push(self, slots.gradient(self.shard_id, slot), version, replica,
                                          incarnation)
         except Exception as e:  # a user's rule raised: the pushing replica fails with it, as over Ray
-            slots.write_error(self.shard_id, slot, ticket, f"shard {self.shard_id}: "
-                                                           f"{type(e).__name__}: {e}")
-            return replica
-        slots.write_result(self.shard_id, slot, ticket, *result)
-        return replica
+            result = f"shard {self.shard_id}: {type(e).__name__}: {e}"
+        finally:
+            self.optimizer.release_grad()  # the slot is the replica's again
+        return slots, slot, ticket, result
 
     def _replica_slots(self, replica: int):
         if replica not in self._slots:
@@ -92,13 +125,19 @@ class SharedMemoryShard(ParameterShard):
                 self._slots[replica] = GradSlots.attach(self.names.slots(replica))
             except (ShmError, ValueError):
                 return None
+            self._slots[replica].replica = replica
         return self._slots[replica]
 
     def _wake(self, replica: int) -> None:
         try:
             self._reply.sendto(b"", self.names.mailbox(replica))
-        except (BlockingIOError, FileNotFoundError, ConnectionRefusedError):
-            pass  # a full mailbox is already a wake-up; a missing one belongs to a dead replica
+        except BlockingIOError:
+            pass  # a full mailbox is already a wake-up
+        except (FileNotFoundError, ConnectionRefusedError):  # a dead or finished replica's:
+            with self._lock:  # unmapped, or its pages stay allocated after the file is gone
+                slots = self._slots.pop(replica, None)
+            if slots is not None:
+                slots.close()
 
     # ---- Ray calls, one at a time with the doorbell --------------------------------------------
     def pull(self) -> tuple[int, np.ndarray]:
@@ -108,7 +147,8 @@ class SharedMemoryShard(ParameterShard):
     def push(self, grad, fetched_version, replica_id, incarnation=0) -> PushResult:
         with self._lock:
             result = super().push(grad, fetched_version, replica_id, incarnation)
-            self.board.publish(self.optimizer.values, self.version)
+            if self.board is not None:
+                self.board.publish(self.optimizer.values, self.version)
             return result
 
     def push_pull(self, grad, fetched_version, replica_id, incarnation=0) -> PushPullReply:
@@ -117,7 +157,9 @@ class SharedMemoryShard(ParameterShard):
 
     def stats(self) -> dict:
         with self._lock:
-            return {**super().stats(), "transport": "shm"}
+            if self._failure:
+                raise RuntimeError(self._failure)
+            return {**super().stats(), "transport": "ray" if self.board is None else "shm"}
 
     def export_state(self) -> ShardState:
         with self._lock:

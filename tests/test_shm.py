@@ -281,3 +281,12 @@ def test_under_auto_a_shard_without_shared_memory_serves_ray_calls(tmp_path):
     with pytest.raises(shm.ShmError):
         SharedMemoryShard(0, np.zeros(4, np.float32), parse_optimizer("sgd"), 0.5, "constant",
                           shm=names, required=True)
+
+
+def test_a_folder_whose_socket_paths_would_be_too_long_falls_back(monkeypatch, tmp_path):
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setenv(shm.ENV_DIR, str(deep))
+    lines = []
+    assert transport.choose("auto", [10], 1, 1, warn=lines.append) is None
+    assert "socket paths" in lines[0] and len(lines) == 1

@@ -42,12 +42,12 @@ def _unusable(directory: str, needed: int) -> Optional[str]:
         return f"{directory} is not a folder (set {shm.ENV_DIR} to one on a tmpfs)"
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"{directory} is not writable"
-    longest = shm.ShmNames(directory, f"{shm.PREFIX}{os.getpid()}-{shm.host_tag()}-00000000")
-    if len(os.fsencode(longest.doorbell(9999, 9999))) > shm.MAX_SOCKET_PATH:
-        return f"socket paths in {directory} would be longer than {shm.MAX_SOCKET_PATH} bytes"
     stat = os.statvfs(directory)
     free = stat.f_bavail * stat.f_frsize
     if free < needed:
         return (f"{directory} has {free / 2**20:.0f} MiB free, this job needs about "
                 f"{needed / 2**20:.0f} MiB")
+    longest = shm.ShmNames(directory, f"{shm.PREFIX}{os.getpid()}-{shm.host_tag()}-00000000")
+    if len(os.fsencode(longest.doorbell(9999, 9999))) > shm.MAX_SOCKET_PATH:
+        return f"socket paths in {directory} would be longer than {shm.MAX_SOCKET_PATH} bytes"
     return None

@@ -63,7 +63,7 @@ def driver_lock(path: Path):
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         pid = _pid_in(lock)
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             raise UserError(f"run_dir {path} is being written by a running downpour (pid {pid}): "
                             "wait for it to end, or stop it with `downpour stop`") from None
         lock.unlink(missing_ok=True)
@@ -83,7 +83,7 @@ def _pid_in(lock: Path) -> Optional[int]:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -33,6 +33,8 @@ from typing import Optional
 
 import numpy as np
 
+from ps.common.rundir import pid_alive
+
 ENV_DIR = "DOWNPOUR_SHM_DIR"
 DEFAULT_DIR = "/dev/shm"
 PREFIX = "downpour-"
@@ -128,19 +130,9 @@ def sweep_stale(directory: Optional[str] = None) -> int:
             mine = path.lstat().st_uid == uid
         except OSError:
             continue
-        if mine and pid.isdigit() and not _alive(int(pid)):
+        if mine and pid.isdigit() and not pid_alive(int(pid)):
             removed += _unlink(str(path))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unlink(path: str) -> bool:

@@ -67,10 +67,6 @@ def no_shared_memory_left_behind():
 
 def _ours(pid: str) -> bool:
     """This process, or one that has ended (the CLI tests' drivers); not another live program."""
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    return False
+    from ps.common.rundir import pid_alive
+
+    return not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid))

@@ -26,6 +26,7 @@ from sharding import ShardPlan
 
 LOST = PushResult(False, -1, 0.0, "lost: the shard died before it answered")
 RECONNECT_POLL_S = (0.05, 0.5)  # first and longest pause between asks for a recreated shard
+ROUND_WAIT_SHARE = 0.9  # of timeout_s, that a shard waits for a round to close before answering
 
 
 class Fetch(NamedTuple):
@@ -63,6 +64,12 @@ class ShardClient(abc.ABC):
     @abc.abstractmethod
     def start_fetch(self) -> Fetch:
         """Asks every shard for its parameters; does not block."""
+
+    def start_fetch_newer(self, versions: list[int]) -> Fetch:
+        """Asks every shard for its parameters once its version is past `versions[shard]` (the
+        round modes: sync, backup); does not block. `install` returns what the shards had after
+        their wait ran out, so the caller checks the versions."""
+        raise NotImplementedError(f"{type(self).__name__} cannot wait for a round to close")
 
     def install(self, fetch: Fetch, host: np.ndarray, probe: bool = False) -> Installed:
         """Blocks until every shard has replied, copying each reply into `host` (the flat
@@ -127,17 +134,25 @@ class RayShardClient(ShardClient):
     its death is an error."""
 
     def __init__(self, shards: Sequence, plan: ShardPlan, timeout_s: float, directory=None,
-                 incarnations: Optional[Sequence[int]] = None):
+                 incarnations: Optional[Sequence[int]] = None, replica_id: Optional[int] = None):
+        """`replica_id`: sent with every pull, for shards that keep what each replica fetched
+        (a DC-ASGD transform's backup copy)."""
         super().__init__(plan)
         self.shards, self.timeout_s, self.directory = list(shards), timeout_s, directory
+        self.replica_id = replica_id
         self.incarnations = list(incarnations or [0] * len(self.shards))  # of each handle in `shards`
         # push results already read by `install` from push_pull replies: settling them again
         # would deserialise every reply's values a second time just to read `.push`
         self._known: dict = {}
 
     def start_fetch(self) -> Fetch:
-        return Fetch([shard.pull.remote() for shard in self.shards], time.time(),
+        return Fetch([shard.pull.remote(self.replica_id) for shard in self.shards], time.time(),
                      tuple(self.incarnations))
+
+    def start_fetch_newer(self, versions: list[int]) -> Fetch:
+        wait_s = ROUND_WAIT_SHARE * self.timeout_s  # the shard answers before our own wait ends
+        return Fetch([shard.pull_newer.remote(v, wait_s, self.replica_id)
+                      for shard, v in zip(self.shards, versions)], time.time(), tuple(self.incarnations))
 
     def _landed(self, handles: list) -> bool:
         return len(ray.wait(handles, num_returns=len(handles), timeout=0)[0]) == len(handles)
@@ -154,13 +169,13 @@ class RayShardClient(ShardClient):
                 reply = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:  # unreachable for now: ask it again
                 self._mark_lost(ref)
-                retry = self.shards[shard].pull.remote()
+                retry = self.shards[shard].pull.remote(self.replica_id)
                 index[retry], incarnation[retry] = shard, incarnation[ref]
                 pending.append(retry)
                 continue
             except ray.exceptions.RayActorError:  # that shard died: read its next incarnation
                 self._mark_lost(ref)
-                retry = self._reconnect(shard, incarnation[ref]).pull.remote()
+                retry = self._reconnect(shard, incarnation[ref]).pull.remote(self.replica_id)
                 index[retry], incarnation[retry] = shard, self.incarnations[shard]
                 pending.append(retry)
                 continue
@@ -233,6 +248,12 @@ class LocalShardClient(ShardClient):
         with self._lock:
             return Fetch([_snapshot(shard.pull()) for shard in self.shards], time.time(),
                          tuple(shard.incarnation for shard in self.shards))
+
+    def start_fetch_newer(self, versions: list[int]) -> Fetch:
+        """In one thread nothing can close a round meanwhile: the shards' versions as they are."""
+        with self._lock:
+            return Fetch([_snapshot(shard.pull_newer(v, 0.0)) for shard, v in zip(self.shards, versions)],
+                         time.time(), tuple(shard.incarnation for shard in self.shards))
 
     def _replies(self, fetch: Fetch) -> Iterator[tuple[int, tuple, int]]:
         return ((s, reply, fetch.incarnations[s]) for s, reply in enumerate(fetch.handles))

@@ -11,6 +11,7 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+import ray
 import torch
 import torch.nn.functional as F
 
@@ -20,10 +21,13 @@ from ps.common.shm import ShmError, ShmNames
 from replicas.client import Fetch, Installed, RayShardClient, ShardClient
 from replicas.data import epoch_batches, normalise, partition
 from replicas.flat import FlatParams
+from replicas.local_steps import LocalSteps
 from replicas.models import build_model
 from replicas.prefetch import JustInTime, ScheduledFetch
 from replicas.shm_client import ShmShardClient
 from sharding import ShardPlan
+
+PACE_GRACE_S = 5.0  # beyond the pacer's own timeout, for its answer to arrive
 
 
 def choose_device(name: str) -> torch.device:
@@ -45,10 +49,11 @@ class ModelReplica:
                  train_images: np.ndarray, train_labels: np.ndarray, threads: int,
                  part: Optional[tuple[int, int, int]] = None, total_steps: Optional[int] = None,
                  *, client: Optional[ShardClient] = None, directory=None,
-                 incarnations: Optional[Sequence[int]] = None, shm: Optional[ShmNames] = None):
+                 incarnations: Optional[Sequence[int]] = None, shm: Optional[ShmNames] = None,
+                 pacer=None):
         """`directory`: the job's controller, where a recreated shard is found (and `incarnations`
         of the `shards` given); `shm`: the run's shared-memory segments, when it has them;
-        `client` replaces both transports (tests)."""
+        `client` replaces both transports (tests); `pacer`: the SSP pacer's actor handle."""
         self.id = replica_id
         self.c = config
         self.plan = plan
@@ -77,7 +82,10 @@ class ModelReplica:
         self.t_end: Optional[float] = None    # `run` returned
         self.jit, self._last_compute_s = JustInTime(), 0.0
         self._loss: Optional[torch.Tensor] = None  # of the last step
-        self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait
+        self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait, pace_wait
+        self.pacer, self._clock_lead = pacer, None  # ssp: (my clock - slowest) at the last answer
+        self._outer = LocalSteps(self.flat, config.local_lr, config.local_optimizer) \
+            if config.local_steps else None  # async local SGD
 
     # ---- the Downpour loop -------------------------------------------------------------------
     def run(self) -> dict:
@@ -94,6 +102,8 @@ class ModelReplica:
                 self._ended, self.t_end = True, time.time()
             if isinstance(self.client, ShmShardClient):
                 self.client.close()
+            if self.pacer is not None:  # a finished replica holds no one back
+                self.pacer.retire.remote(self.id)
         return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
                 "part": list(self.part), "t_first": self.t_first, "t_last": self.t_end,
                 "loss": None if self._loss is None else float(self._loss),
@@ -116,29 +126,34 @@ class ModelReplica:
                                        "replicas on the shards' node or use --transport auto") from e
                 self.transport_note = str(e)
         self.transport = "ray"
-        return RayShardClient(shards, self.plan, self.c.timeout_s, directory, incarnations)
+        return RayShardClient(shards, self.plan, self.c.timeout_s, directory, incarnations,
+                              replica_id=self.id)
 
     def _loop(self) -> None:
         c, batches, client = self.c, self._batches(), self.client
-        fetch, pushed_from, got = client.start_fetch(), None, None
+        fetch, pushed_from, pushed_on, got = client.start_fetch(), None, None, None
         while (total := self._steps_to_run()) is not None:  # `reassign` may move the end
             step = self.step
             if step % c.n_fetch == 0:
-                got = self._install(fetch or client.start_fetch())
+                got = self._install(fetch or client.start_fetch(), newer_than=pushed_on)
+            if self.pacer is not None:
+                self._pace()
             fetch_next = (step + 1) % c.n_fetch == 0 and step + 1 < total
             # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
             scheduled = ScheduledFetch(client.start_fetch, self.jit.delay()) if (
                 fetch_next and self._prefetch) else None
-            pushed_from = pushed_from or got  # staleness counts from the oldest gradient's fetch
+            pushed_from, pushed_on = pushed_from or got, None  # staleness counts from the oldest fetch
             self._compute(next(batches), local_step=c.n_fetch > 1)
             fetch = scheduled.take() if scheduled else None
             if (step + 1) % c.n_push == 0 or step + 1 >= total:
                 # A fetch due now goes with the push, as its reply, so it includes our own update.
                 exchanged = self._push(pushed_from, and_pull=fetch_next and fetch is None
-                                       and not self._pipelined)
-                fetch, pushed_from = fetch or exchanged, None
+                                       and not self._pipelined and not c.rounds)
+                fetch, pushed_from, pushed_on = fetch or exchanged, None, pushed_from
             if fetch_next and fetch is None:
-                fetch = client.start_fetch()  # after our own push, so it includes it
+                # after our own push, so it includes it (in the round modes: its whole round)
+                fetch = client.start_fetch_newer(pushed_on.versions) if c.rounds and pushed_on \
+                    else client.start_fetch()
             self.step = step + 1
         if pushed_from is not None:  # stopped inside an n_push round: its gradient still counts
             self._push(pushed_from, and_pull=False)
@@ -182,14 +197,23 @@ class ModelReplica:
         parts, index, generation = part
         return partition(len(self.labels), parts, index, self.c.seed + generation)
 
-    def _install(self, fetch: Fetch) -> Installed:
-        """Waits for every shard's reply, copying each into the flat parameters as it lands."""
+    def _install(self, fetch: Fetch, newer_than: Optional[Installed] = None) -> Installed:
+        """Waits for every shard's reply, copying each into the flat parameters as it lands. In
+        the round modes (`newer_than`: what the last push was computed on) every version must
+        have moved past it: the round closed."""
         t0 = time.time()
         try:  # only timed prefetch learns from whether the fetch had landed: spare the probe otherwise
             got = self.client.install(fetch, self.flat.host_values(), probe=self._prefetch)
         except TimeoutError as e:
             raise TimeoutError(f"replica {self.id}: {e}") from e
+        if self.c.rounds and newer_than is not None and any(
+                v <= old for v, old in zip(got.versions, newer_than.versions)):
+            raise TimeoutError(f"replica {self.id}: a round did not close within "
+                               f"{self.c.timeout_s:g} s (versions {got.versions} after pushing on "
+                               f"{newer_than.versions}): a replica stopped pushing")
         self.flat.upload()
+        if self._outer is not None:
+            self._outer.anchor()
         self.timers["fetch_wait"] += time.time() - t0
         if self._prefetch and self.step:  # the first fetch has no compute to time it against
             self.jit.observe(self._last_compute_s, None if got.landed else got.rtt_s)
@@ -209,7 +233,9 @@ class ModelReplica:
         with torch.no_grad():
             if self.acc is not self.flat.grads:
                 self.acc.add_(self.flat.grads)
-            if local_step:  # Dean's client also steps its own copy between fetches
+            if self._outer is not None:
+                self._outer.step()
+            elif local_step:  # Dean's client also steps its own copy between fetches
                 self.flat.values.add_(self.flat.grads, alpha=-self.c.local_lr)
         self.flat.sync.synchronize()  # a GPU only queued the kernels: time their completion
         self._last_compute_s = time.time() - t0
@@ -219,13 +245,30 @@ class ModelReplica:
         """Sends the accumulated gradient and returns without waiting, unless max_inflight rounds
         are already unacknowledged. With `and_pull`, returns the fetch the push replies with."""
         t0 = time.time()
-        fetch = self.client.push(self.flat.host_grads(self.acc), computed_on, self.id, and_pull)
+        pushed = self._outer.delta() if self._outer is not None else self.acc
+        fetch = self.client.push(self.flat.host_grads(pushed), computed_on, self.id, and_pull)
         self.timers["push"] += time.time() - t0
         if self.acc is not self.flat.grads:
             self.acc.zero_()
         while self.client.inflight > self.c.max_inflight:
             self._settle()
         return fetch
+
+    def _pace(self) -> None:
+        """SSP: once every push is acknowledged, tells the pacer this replica's steps, and waits
+        while the step it is about to compute is more than the bound ahead of the slowest
+        replica's clock. The slowest clock only grows, so within the bound of the last one heard
+        the replica goes on at once (the report still goes out, for the replicas behind)."""
+        t0 = time.time()
+        while self.client.inflight:
+            self._settle()
+        ref = self.pacer.ready.remote(self.id, self.step, self.c.timeout_s)
+        if self._clock_lead is not None and self._clock_lead[0] + self.step - self._clock_lead[1] \
+                <= self.c.ssp_bound:
+            return
+        clock, slowest = ray.get(ref, timeout=self.c.timeout_s + PACE_GRACE_S)
+        self._clock_lead = (clock - self.step, slowest)
+        self.timers["pace_wait"] += time.time() - t0
 
     def _settle(self) -> None:
         t0 = time.time()

@@ -38,6 +38,14 @@ class TrainConfig:
     local_lr: Optional[float] = opt(None, "replica's own SGD step between fetches (n_fetch > 1); default lr")
     lr_rule: str = opt("inverse", "constant | inverse | inverse_mean | exponential | pkg.mod:fn [:k=v]")
     lr_schedule: str = opt("cosine", "constant | cosine | linear: lr over the planned updates of each shard")
+    consistency: str = opt("async", "when gradients become updates: async | softsync:n=K (or c=K) | "
+                                    "sync | backup:b=K | ssp:bound=S | hogwild (docs/consistency.md)")
+    gradient_transform: Optional[str] = opt(None, "applied by a shard before the lr rule: "
+                                                  "dcasgd:lambda=L[,adaptive=1] | gap_aware | pkg.mod:fn")
+    local_steps: Optional[int] = opt(None, "async local SGD: H steps of the replica's own optimizer, "
+                                           "then push the parameter delta (sets n_fetch = n_push = H)")
+    local_optimizer: str = opt("sgd", "the replica's own optimizer for --local-steps: sgd | adam "
+                                      "(learning rate --local-lr)")
     n_fetch: int = opt(1, "fetch parameters every n_fetch steps")
     n_push: int = opt(1, "push accumulated gradients every n_push steps")
     max_inflight: int = opt(2, "pushes a replica may have unacknowledged before it waits")
@@ -100,7 +108,9 @@ _MAX_INT = 2**63 - 1         # what msgpack, torch and Ray carry as an integer
 _POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_push", "max_inflight",
                   "keep_checkpoints")
 TRANSPORTS = ("auto", "ray", "shm")
-_CHOICES = {"device": DEVICES, "placement": ("spread", "pack"), "transport": TRANSPORTS}
+LOCAL_OPTIMIZERS = ("sgd", "adam")
+_CHOICES = {"device": DEVICES, "placement": ("spread", "pack"), "transport": TRANSPORTS,
+            "local_optimizer": LOCAL_OPTIMIZERS}
 # names users bring from other tools: shown as a did-you-mean for an unknown key
 _ALIASES = {"learning_rate": "lr", "num_replicas": "replicas", "workers": "replicas",
             "num_workers": "replicas", "num_shards": "shards", "bs": "batch_size", "batch": "batch_size"}
@@ -216,6 +226,12 @@ def _check_counts(c: TrainConfig) -> None:
         if getattr(c, name) > MAX_ACTORS:
             raise UserError(f"{name} is {getattr(c, name)}: at most {MAX_ACTORS} (each is a Ray actor); "
                             f"set {_flag(name)} to 1..{MAX_ACTORS}")
+    if c.local_steps is not None and c.local_steps < 1:
+        raise UserError(f"local_steps is {c.local_steps}: set --local-steps to 1 or more, or leave it "
+                        "out for Downpour's pushes of gradients")
+    if c.local_steps is not None and (c.n_fetch, c.n_push) not in ((1, 1), (c.local_steps,) * 2):
+        raise UserError(f"local_steps {c.local_steps} sets n_fetch and n_push, but they are given as "
+                        f"{c.n_fetch} and {c.n_push}: drop --n-fetch and --n-push")
     if c.steps is not None and c.steps < 1:
         raise UserError(f"steps is {c.steps}: set --steps to 1 or more, or leave it out to use --epochs")
     if c.threads is not None and not 1 <= c.threads <= MAX_THREADS:
@@ -292,12 +308,19 @@ def _show(value: Any, limit: int = 60) -> str:
 
 def replica_settings(c: TrainConfig) -> ReplicaSettings:
     """What a model replica needs of the job's configuration, and nothing else."""
+    from ps.server.consistency import (
+        parse_consistency,  # here: config stays free of server imports
+    )
+    mode = parse_consistency(c.consistency, c.replicas)
     return ReplicaSettings(
         model=c.model, seed=c.seed, replicas=c.replicas, batch_size=c.batch_size,
         total_steps=c.steps, epochs=c.epochs, n_fetch=c.n_fetch, n_push=c.n_push,
-        max_inflight=c.max_inflight, local_lr=c.lr if c.local_lr is None else c.local_lr,
+        max_inflight=c.max_inflight,
+        local_lr=c.lr if c.local_lr is None else c.local_lr,
         prefetch=bool(c.prefetch), device=c.device, timeout_s=c.timeout_s, event_log=c.event_log,
-        transport=c.transport, pipeline=bool(c.pipeline))
+        transport=c.transport, pipeline=bool(c.pipeline), rounds=mode.rounds,
+        ssp_bound=mode.bound if mode.mode == "ssp" else None, local_steps=c.local_steps,
+        local_optimizer=c.local_optimizer)
 
 
 def to_dict(c: TrainConfig) -> dict:

@@ -44,3 +44,7 @@ class ReplicaSettings:
     event_log: bool         # record fetches for the event log
     transport: str = "ray"  # auto | ray | shm (TrainConfig.transport)
     pipeline: bool = False  # shm: the next fetch does not wait for the own push's result
+    rounds: bool = False    # sync, backup: the fetch after a push waits for its round to close
+    ssp_bound: Optional[int] = None  # ssp: paced by the job's pacer to this clock gap
+    local_steps: Optional[int] = None  # async local SGD: H local steps, then push the delta
+    local_optimizer: str = "sgd"       # the replica's own optimizer for those steps (local_lr)

@@ -27,6 +27,7 @@ from ps.driver import ray_session as cluster
 from ps.driver.controller import NAMESPACE, JobController
 from ps.driver.placement import Placement
 from ps.driver.prepare import Prepared
+from ps.server.pacer import Pacer
 from ps.server.shard import ParameterShard
 from ps.server.shm_shard import SharedMemoryShard
 from replicas.evaluator import Evaluator
@@ -34,6 +35,7 @@ from replicas.replica import ModelReplica
 
 PLACE_POLL_S = 0.2  # how often a pending reservation is asked whether Ray finds it infeasible
 CLOSE_WAIT_S = 2.0  # at the end, for live shards to remove their shared-memory files
+ROUND_THREADS = (32, 4)  # a round mode's shard threads: at least 32, or 4 per replica (waits hold one)
 
 
 class Reservation:
@@ -97,6 +99,7 @@ class Fleet:
         self.p, self.c, self.place = prepared, prepared.config, place
         self.name, self.run_dir = name, run_dir
         self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
+        self.pacer = None  # ssp: the replicas' clocks
         self.reservations: list[Reservation] = list(rooms)
         self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
         self.incarnations = [0] * self.c.shards
@@ -117,6 +120,10 @@ class Fleet:
             self.incarnations = [st.incarnation + 1 for st in states]
         self.shards = [self._new_shard(s, piece, shard_room.options(s), states and states[s])
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
+        mode = self.p.consistency
+        if mode.mode == "ssp":
+            self.pacer = ray.remote(Pacer).options(
+                num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(mode.bound)
         data = self.p.dataset
         self._train = ray.put(data.train_images), ray.put(data.train_labels)
         self.replicas = [self._new_replica(r, replica_room.options(r), parts and parts[r], total_steps)
@@ -124,7 +131,8 @@ class Fleet:
         self.evaluator = ray.remote(Evaluator).options(
             num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(
             c.model, c.seed, self.p.plan, self.shards, data.test_images, data.test_labels, c.timeout_s)
-        self._wait_ready(self.shards + self.replicas + [self.evaluator, self.controller])
+        self._wait_ready(self.shards + self.replicas + [self.evaluator, self.controller] +
+                         ([self.pacer] if self.pacer else []))
         self.nodes = {"driver": ray.get_runtime_context().get_node_id(),
                       "shards": _node_ids(self.shards), "replicas": _node_ids(self.replicas)}
 
@@ -180,7 +188,8 @@ class Fleet:
         if self.p.shm is not None:  # live shards remove their own files, wherever they run
             ray.wait([s.close.remote() for s in self.shards], num_returns=len(self.shards),
                      timeout=CLOSE_WAIT_S)
-        for actor in self.shards + self.replicas + [a for a in (self.evaluator, self.controller) if a]:
+        for actor in self.shards + self.replicas + [
+                a for a in (self.evaluator, self.controller, self.pacer) if a]:
             ray.kill(actor)
         for room in self.reservations:
             room.release()
@@ -188,11 +197,15 @@ class Fleet:
     def _new_shard(self, shard_id, piece, options, state=None):
         c = self.c
         opts = {**self.place.shard_options(), **options}
+        mode = self.p.consistency
+        if mode.rounds or mode.mode == "hogwild":  # waits for rounds / concurrent pushes: threads
+            opts["max_concurrency"] = max(ROUND_THREADS[0], ROUND_THREADS[1] * c.replicas)
         shm = {} if self.p.shm is None else {"shm": self.p.shm, "required": c.transport == "shm"}
         return ray.remote(SharedMemoryShard if shm else ParameterShard).options(**opts).remote(
             shard_id, piece, self.p.optimizer, c.lr, c.lr_rule, c.lr_schedule,
             self.p.budget.planned_updates, self.name if c.metrics else None, c.event_log,
-            clip_norm=c.clip_norm, incarnation=self.incarnations[shard_id], state=state, **shm)
+            clip_norm=c.clip_norm, incarnation=self.incarnations[shard_id], state=state,
+            consistency=mode, replicas=c.replicas, transform=c.gradient_transform, **shm)
 
     def _new_replica(self, replica_id, options, part=None, total_steps=None):
         self.homes[replica_id] = options
@@ -200,7 +213,7 @@ class Fleet:
                                                max_concurrency=2)
         return cls.remote(replica_id, replica_settings(self.c), self.p.plan, self.shards, *self._train,
                           self.place.threads, part, total_steps, directory=self.controller,
-                          incarnations=list(self.incarnations), shm=self.p.shm)
+                          incarnations=list(self.incarnations), shm=self.p.shm, pacer=self.pacer)
 
     def _wait_ready(self, actors: list) -> None:
         """Reserved actors start at once unless a constructor raises (it fails here, with its

@@ -85,6 +85,7 @@ class TrainingJob:
         summary = self.stats.summary(self.c, head, final, time.time() - t0, self.c.event_log)
         summary["faults"] = {**self.recovery.summary(), **self.stats.push_losses()}
         summary["checkpoints"] = self._checkpoint_summary()
+        summary["consistency"] = self._consistency_summary()
         if self.resume:
             summary["resumed"] = self.resume.describe()
         self._judge_rejections(summary)
@@ -389,6 +390,23 @@ class TrainingJob:
                 "steps_done": self._steps_recorded(), "generation": self.rescaler.generation,
                 "train_samples": self.stats.total_samples(), "evaluations": self.stats.eval_rows(),
                 "wall_time_s": self.stats.prior_wall_s + time.time() - self.t_start}
+
+    def _consistency_summary(self) -> dict:
+        """The mode, what its rounds and pacing did, and the gradient transform's memory."""
+        known = [s for s in self.stats.shard_stats if s]
+        pacer = None
+        if self.fleet.pacer is not None:
+            try:
+                pacer = ray.get(self.fleet.pacer.stats.remote(), timeout=self.c.timeout_s)
+                pacer.pop("clocks", None)
+            except ray.exceptions.RayError:
+                pacer = None
+        return {"mode": self.prepared.consistency.text,
+                "per_update": [s["round"]["per_update"] if s.get("round") else 1 for s in known],
+                "late_dropped": sum(s["rejected"].get("late", 0) for s in known),
+                "ssp": pacer, "gradient_transform": self.c.gradient_transform,
+                "transform_state_bytes": sum(s.get("transform_state_bytes", 0) for s in known),
+                "local_steps": self.c.local_steps}
 
     def _checkpoint_summary(self) -> dict:
         last = self.checkpoints.last

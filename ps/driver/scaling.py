@@ -50,7 +50,8 @@ class Rescaler:
             substitutes = plan.new[len(started):]
             self.fleet.add_replicas(self._parts(plan, substitutes, generation), plan.share, self.timeout_s)
             started += substitutes
-        ray.get([s.replan.remote(plan.updates_left(self.n_push)) for s in self.fleet.shards],
+        ray.get([s.replan.remote(plan.updates_left(self.n_push)) for s in self.fleet.shards] +
+                [s.resize.remote(n) for s in self.fleet.shards],  # rounds of n gradients from now
                 timeout=self.timeout_s)
         self.log.append([schema.scale_record(time.time(), n, plan.members, self.generation)])
         message = (f"{len(training)} -> {n} replicas (generation {self.generation}; each does "

@@ -125,11 +125,13 @@ def rejection_verdict(summary: dict, limit: float) -> tuple[bool, Optional[str]]
     """(fail the run?, the line to say) from the share of pushes the shards rejected: a run whose
     pushes were mostly rejected learned little, whatever its status says."""
     accepted = summary["staleness"].get("count") or 0
-    rejected = summary["rejected_pushes"]
+    # backup workers' late gradients are dropped by design (--consistency backup), not a fault
+    rejected = summary["rejected_pushes"] - summary["rejected_by_reason"].get("late", 0)
     total = accepted + rejected
     if not total or rejected / total <= min(limit, WARN_REJECTED):
         return False, None
-    reasons = sorted(summary["rejected_by_reason"].items(), key=lambda kv: -kv[1])
+    reasons = sorted(((r, n) for r, n in summary["rejected_by_reason"].items() if r != "late"),
+                     key=lambda kv: -kv[1])
     top = ", ".join(f"{n} {reason}" for reason, n in reasons[:3])
     fix = _FIX.get(reasons[0][0], "check --lr-rule and --lr") if reasons else "check --lr"
     return rejected / total > limit, f"{rejected} of {total} pushes were rejected ({top}): {fix}"

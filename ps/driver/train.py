@@ -15,7 +15,7 @@ from ps.common.errors import UserError
 from ps.driver import actors, placement, transport
 from ps.driver import ray_session as cluster
 from ps.driver.job import TrainingJob
-from ps.driver.prepare import prepare
+from ps.driver.prepare import needs_ray_calls, prepare
 from ps.driver.resume import prepare_resume
 
 
@@ -64,7 +64,8 @@ def _run_locked(prepared, path: Path, out, log_end: Optional[int]) -> dict:
             plan = prepared.plan
             prepared.shm = transport.choose(
                 c.transport, [plan.shard_numel(s) for s in range(plan.num_shards)], c.replicas,
-                c.max_inflight, lambda line: print(f"downpour: warning: {line}", file=out))
+                c.max_inflight, lambda line: print(f"downpour: warning: {line}", file=out),
+                needs_ray_calls(c, prepared.consistency))
             rooms = actors.reserve_job(c, place)
         except UserError:
             if fresh:

@@ -17,10 +17,15 @@ HEADROOM = 2  # room for replacements and scaled-up replicas beyond the starting
 
 
 def choose(transport: str, shard_sizes: list[int], replicas: int, max_inflight: int,
-           warn) -> Optional[shm.ShmNames]:
+           warn, ray_only: Optional[str] = None) -> Optional[shm.ShmNames]:
     """The run's segment names when shared memory is to be used, else None. `warn(line)` gets
-    the one line that says why `auto` fell back; `shm` raises UserError instead."""
+    the one line that says why `auto` fell back; `shm` raises UserError instead. `ray_only`:
+    why the job's mode needs Ray calls (auto uses them without a warning: nothing is wrong)."""
     if transport == "ray":
+        return None
+    if ray_only:
+        if transport == "shm":
+            raise UserError(f"--transport shm: {ray_only} needs Ray calls: use --transport auto or ray")
         return None
     why = _unusable(shm.shm_dir(), shm.segment_bytes(shard_sizes, HEADROOM * replicas, max_inflight + 1))
     if why is None:

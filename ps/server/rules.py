@@ -1,8 +1,8 @@
 """Staleness-aware learning-rate rules: pure functions of a push's staleness, and their registry.
 
 A rule is `fn(ctx: StalenessContext, **params) -> float | Decision`. A float is the factor the
-shard multiplies its learning rate by. A `Decision` can also reject the push (gating); rules that
-compensate the gradient itself (DC-ASGD) will get their own hook beside this one.
+shard multiplies its learning rate by. A `Decision` can also reject the push (gating, e.g.
+`threshold`); transforms that compensate the gradient itself (DC-ASGD) are ps.server.transforms.
 """
 
 import inspect
@@ -56,15 +56,46 @@ def exponential(ctx: StalenessContext, alpha: float = 1.0, gamma: float = 0.9) -
     return alpha * gamma ** ctx.tau
 
 
+def delay_adaptive(ctx: StalenessContext, alpha: float = 1.0, tau_c: float = 1.0) -> float:
+    """alpha * min(1, tau_c / max(tau, 1)): the full step up to a delay of tau_c, then alpha*tau_c/tau.
+
+    The shape of the delay-adaptive stepsizes of Mishchenko, Bach, Even, Woodworth 2022
+    ("Asynchronous SGD Beats Minibatch SGD Under Arbitrary Delays") and Koloskova, Stich, Jaggi
+    2022 ("Sharper Convergence Guarantees for Asynchronous SGD..."): a step that is constant for
+    small delays and falls as 1/tau for large ones, min(eta, c/tau). Not checked against the papers
+    (their text was not reachable from here): their constants, which involve the smoothness L and
+    the number of workers, are folded into alpha and tau_c. tau_c near the number of replicas (the
+    typical delay) keeps ordinary pushes at the full step; tau_c=1 is `inverse`.
+    """
+    return alpha * min(1.0, tau_c / max(1, ctx.tau))
+
+
+def threshold(ctx: StalenessContext, alpha: float = 1.0, max_tau: float = math.inf) -> Union[float, Decision]:
+    """alpha up to a delay of max_tau; a staler push is rejected (counted, its step not taken).
+
+    The thresholded variant of the delay-adaptive stepsizes above (a gradient staler than a
+    threshold gets stepsize 0, i.e. is dropped), attributed to Koloskova, Stich, Jaggi 2022 and
+    Mishchenko et al. 2022; like `delay_adaptive`, the form is not checked against the papers.
+    Without max_tau nothing is too stale (the rule is `constant`): give e.g. threshold:max_tau=8.
+    """
+    if ctx.tau <= max_tau:
+        return alpha
+    return Decision(scale=0.0, accept=False, reason=f"stale: tau {ctx.tau} > max_tau {max_tau:g}")
+
+
 RULES: dict[str, RuleFn] = {
     "constant": constant,
     "inverse": inverse,
     "inverse_mean": inverse_mean,
     "exponential": exponential,
+    "delay_adaptive": delay_adaptive,
+    "threshold": threshold,
 }
 
-# Allowed range of each built-in parameter: (low, high, low inclusive).
-_BOUNDS = {"alpha": (0.0, math.inf, False), "gamma": (0.0, 1.0, False)}
+# Allowed range of each built-in parameter: (low, high, low inclusive). tau_c 0 would make every
+# step 0 (a run that silently learns nothing); max_tau 0 accepts only fresh pushes.
+_BOUNDS = {"alpha": (0.0, math.inf, False), "gamma": (0.0, 1.0, False),
+           "tau_c": (0.0, math.inf, False), "max_tau": (0.0, math.inf, True)}
 
 
 @dataclass(frozen=True)
@@ -109,7 +140,8 @@ def _check_builtin_params(name: str, fn: RuleFn, params: dict) -> None:
     for key, value in params.items():
         low, high, low_ok = _BOUNDS[key]
         if not ((value >= low if low_ok else value > low) and value <= high):
-            raise UserError(f"lr_rule '{name}': {key}={value} is out of range; allowed {low} < {key} <= {high}")
+            raise UserError(f"lr_rule '{name}': {key}={value} is out of range; "
+                            f"allowed {low} {'<=' if low_ok else '<'} {key} <= {high}")
 
 
 def _check_signature(name: str, fn: RuleFn, params: dict) -> None:

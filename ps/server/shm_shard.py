@@ -36,7 +36,7 @@ class SharedMemoryShard(ParameterShard):
         shared memory is `required`, else it serves Ray calls only: replicas find no board and
         use them too."""
         super().__init__(*args, **kwargs)
-        self.names, self._lock = shm, threading.RLock()
+        self.names = shm  # self._lock: the base class's, which every verb takes
         self._slots: dict[int, GradSlots] = {}  # replica id -> its slots, attached on first push
         self._failure: Optional[str] = None
         self.board = None

@@ -112,8 +112,13 @@ class Evaluator:
         self.shards = list(shards)
 
     def save(self, path: str) -> None:
-        """Writes the parameters of the last `evaluate` as a plain torch state_dict, and model.json beside it."""
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        torch.save(state, path)
-        meta = model_meta(self.model, self.model_name, self.seed, self.versions)
-        Path(path).with_name(META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        """Writes the parameters of the last `evaluate` (see `write_model`)."""
+        write_model(self.model, self.model_name, self.seed, self.versions, path)
+
+
+def write_model(model: torch.nn.Module, name: str, seed: int, versions: Optional[list],
+                path: str) -> None:
+    """The parameters as a plain torch state_dict at `path`, and model.json beside it."""
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
+    meta = model_meta(model, name, seed, versions)
+    Path(path).with_name(META_NAME).write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Model registry: the built-in `mlp` and `cnn` for 28x28 grey images, or a user's `package.module:factory`."""
+"""Model registry: built-in `mlp`, `cnn`, `mlp128`, `mlp512x3` for 28x28 grey images, or `package.module:factory`."""
 
 from typing import Callable
 
@@ -12,6 +12,22 @@ from ps.common.specs import is_plugin_path, load_plugin
 def mlp(num_classes: int = 10) -> nn.Module:
     """784-256-10, about 200K parameters: cheap to compute, so communication dominates."""
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 256), nn.ReLU(), nn.Linear(256, num_classes))
+
+
+def mlp128(num_classes: int = 10) -> nn.Module:
+    """784-128-10 with ReLU, 101,770 parameters: the experiments' common-protocol MLP."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+def mlp512x3(num_classes: int = 10) -> nn.Module:
+    """784-512-512-512-10 with ReLU, 932,362 parameters: Keskar et al.'s F1-like network (E8)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(28 * 28, 512), nn.ReLU(),
+        nn.Linear(512, 512), nn.ReLU(),
+        nn.Linear(512, 512), nn.ReLU(),
+        nn.Linear(512, num_classes),
+    )
 
 
 class CNN(nn.Module):
@@ -34,7 +50,9 @@ def cnn(num_classes: int = 10) -> nn.Module:
     return CNN(num_classes)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp, "cnn": cnn, "mlp128": mlp128, "mlp512x3": mlp512x3,
+}
 
 
 def resolve_factory(name: str) -> Callable[..., nn.Module]:

@@ -13,14 +13,14 @@ from typing import Optional, Sequence
 import numpy as np
 import ray
 import torch
-import torch.nn.functional as F
 
 from ps.common import schema
 from ps.common.protocol import ReplicaSettings
 from ps.common.shm import ShmError, ShmNames
 from replicas.client import Fetch, Installed, RayShardClient, ShardClient
-from replicas.data import epoch_batches, normalise, partition
+from replicas.data import epoch_batches, partition
 from replicas.flat import FlatParams
+from replicas.gradient import backward
 from replicas.local_steps import LocalSteps
 from replicas.models import build_model
 from replicas.prefetch import JustInTime, ScheduledFetch
@@ -224,12 +224,8 @@ class ModelReplica:
     def _compute(self, batch: np.ndarray, local_step: bool) -> None:
         t0 = time.time()
         self.t_first = self.t_first or t0
-        x = torch.from_numpy(normalise(self.images[batch])).to(self.device, non_blocking=True)
-        y = torch.from_numpy(self.labels[batch]).to(self.device, non_blocking=True)
-        self.flat.grads.zero_()
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self._loss = loss.detach()  # read by `progress` (no device sync here)
+        # read by `progress` (no device sync here)
+        self._loss = backward(self.model, self.flat, self.images, self.labels, batch, self.device)
         with torch.no_grad():
             if self.acc is not self.flat.grads:
                 self.acc.add_(self.flat.grads)

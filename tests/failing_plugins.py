@@ -30,3 +30,25 @@ def nan_model(num_classes: int = 10):
             return self.fc(x.reshape(len(x), -1)) * float("nan")
 
     return NaNNet()
+
+
+def transform_without_size(lam=0.1):
+    """A gradient-transform factory with the wrong signature: it takes no `size`."""
+    from ps.server.transforms import GradientTransform
+
+    class Passthrough(GradientTransform):
+        def apply(self, grad, w_now, w_bak, ctx):
+            return grad
+
+    return Passthrough()
+
+
+class TransformWithShortApply:
+    """A gradient transform whose `apply` takes the gradient only, not (grad, w_now, w_bak, ctx)."""
+    needs_backup = False
+
+    def __init__(self, size):
+        self.size = size
+
+    def apply(self, grad):
+        return grad

@@ -1,7 +1,7 @@
 """The `downpour` command: `main`, the parser and how errors end a command.
 
 One module per command family: train.py (train, submit), jobs.py (status, logs, scale, stop),
-inspect.py (staleness, report, top, plan, eval). User errors print one line and exit with status 2.
+inspect.py (staleness, report, top, plan, eval), simulate.py (simulate). User errors print one line and exit with status 2.
 """
 
 import argparse
@@ -11,14 +11,14 @@ import re
 import sys
 import warnings
 
-from ps.cli import inspect, jobs, train
+from ps.cli import inspect, jobs, simulate, train
 from ps.cli.common import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USER_ERROR  # noqa: F401 (public)
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cmd | head` gets from a C tool when head leaves early
 
 PARSERS = (train.add_train_parser, train.add_submit_parser, jobs.add_job_parsers, jobs.add_scale_parser,
            inspect.add_staleness_parser, inspect.add_report_parser, inspect.add_top_parser,
-           inspect.add_plan_parser, inspect.add_eval_parser)
+           inspect.add_plan_parser, inspect.add_eval_parser, simulate.add_simulate_parser)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ from ps.driver.placement import Placement
 from ps.driver.prepare import Prepared
 from ps.driver.recovery import ActorLost, Recovery, died, gather
 from ps.driver.scaling import Rescaler
-from ps.driver.summary import RunStats, rejection_verdict
+from ps.driver.summary import RunStats, consistency_summary, rejection_verdict
 from ps.obs import events
 from ps.obs.live import LiveStats
 from ps.obs.progress import ProgressLine
@@ -154,8 +154,16 @@ class TrainingJob:
         except ray.exceptions.RayTaskError as exc:  # its code raised: it would again, so the run ends
             raise self._failed(self.runs.pop(ref), exc) from None
         self.stats.update_replica(result, final=True)
-        del self.runs[ref]
+        replica = self.runs.pop(ref)
         self._check_loss(result)
+        self._finished(replica)
+
+    def _finished(self, replica: int) -> None:
+        """In sync and backup, the shards' rounds stop waiting for a replica of this generation
+        that has ended (one a rescale removed is already out of their count)."""
+        if self.prepared.consistency.rounds and replica in self.active:
+            for shard in self.fleet.shards:
+                shard.finished.remote(replica)  # answered when it is applied; nothing to wait for
 
     def _replica_died(self, dead: int, exc: BaseException) -> None:
         """Counts what the dead replica did and starts its replacement on the rest, unless the job
@@ -168,6 +176,7 @@ class TrainingJob:
         self._drain()  # the shards' push counts, fresh (and any dead shard restored first)
         new = self.recovery.replace_replica(dead, self.stats.shard_stats)
         if new is None:
+            self._finished(dead)
             self.active = [i for i in self.active if i != dead]
             return
         new_id, row = new
@@ -393,7 +402,6 @@ class TrainingJob:
 
     def _consistency_summary(self) -> dict:
         """The mode, what its rounds and pacing did, and the gradient transform's memory."""
-        known = [s for s in self.stats.shard_stats if s]
         pacer = None
         if self.fleet.pacer is not None:
             try:
@@ -401,12 +409,8 @@ class TrainingJob:
                 pacer.pop("clocks", None)
             except ray.exceptions.RayError:
                 pacer = None
-        return {"mode": self.prepared.consistency.text,
-                "per_update": [s["round"]["per_update"] if s.get("round") else 1 for s in known],
-                "late_dropped": sum(s["rejected"].get("late", 0) for s in known),
-                "ssp": pacer, "gradient_transform": self.c.gradient_transform,
-                "transform_state_bytes": sum(s.get("transform_state_bytes", 0) for s in known),
-                "local_steps": self.c.local_steps}
+        return consistency_summary(self.prepared.consistency.text, self.stats.shard_stats, pacer,
+                                   self.c)
 
     def _checkpoint_summary(self) -> dict:
         last = self.checkpoints.last

@@ -94,6 +94,18 @@ class RunStats:
         }
 
 
+def consistency_summary(mode: str, shard_stats: list, pacer: Optional[dict], c: TrainConfig) -> dict:
+    """The summary's "consistency": the mode, what its rounds and pacing did (`pacer`: the SSP
+    clock table's stats), and the gradient transform's memory."""
+    known = [s for s in shard_stats if s]
+    return {"mode": mode,
+            "per_update": [s["round"]["per_update"] if s.get("round") else 1 for s in known],
+            "late_dropped": sum(s["rejected"].get("late", 0) for s in known),
+            "ssp": pacer, "gradient_transform": c.gradient_transform,
+            "transform_state_bytes": sum(s.get("transform_state_bytes", 0) for s in known),
+            "local_steps": c.local_steps}
+
+
 def _count(values) -> dict:
     """value -> how many, leaving out None (a replica that never reported)."""
     found: dict = {}

@@ -121,9 +121,11 @@ class RoundBuffer:
         self.per_update = per_update
         self.total = np.zeros(size, dtype=np.float32)
         self.count = 0
+        self.members: set = set()  # replicas with a gradient in the open round
 
-    def add(self, grad: np.ndarray, scale: float) -> bool:
-        """Adds one gradient; True when the round is full."""
+    def add(self, grad: np.ndarray, scale: float, member: Optional[int] = None) -> bool:
+        """Adds one gradient (of replica `member`); True when the round is full."""
+        self.members.add(member)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow fails the round's step
             if scale == 1.0:
                 self.total += grad
@@ -138,3 +140,4 @@ class RoundBuffer:
     def clear(self) -> None:
         self.total[:] = 0
         self.count = 0
+        self.members.clear()

@@ -70,6 +70,7 @@ class ParameterShard:
         self._backups: dict[int, np.ndarray] = {}  # replica -> values it last fetched (transform)
         per_update = consistency.per_update(replicas)
         self.round = RoundBuffer(self.size, per_update) if per_update > 1 or consistency.rounds else None
+        self._finished: set[int] = set()  # replicas whose runs ended (the round modes stop waiting)
         self.version = 0        # number of updates applied so far
         self._tau_sum = 0       # over accepted pushes, for the running mean a rule may use
         self.tau_counts = Counter()  # tau -> accepted pushes: the summary's staleness, log or no log
@@ -140,7 +141,7 @@ class ParameterShard:
         if reason is None and self.transform is not None:
             grad, norm = self._transformed(grad, norm, replica_id, tau)
         version_before = self.version
-        if reason is None and not self._take(grad, norm, scale):
+        if reason is None and not self._take(grad, norm, scale, replica_id):
             reason = ("overflow: this update would make parameters non-finite: lower --lr or "
                       "set --clip-norm")
         if self.record_events:
@@ -206,15 +207,25 @@ class ParameterShard:
         valid = isinstance(fetched_version, (int, np.integer)) and 0 <= fetched_version <= self.version
         return int(self.version - fetched_version) if valid and incarnation == self.incarnation else -1
 
-    def _take(self, grad: np.ndarray, norm: float, scale: float) -> bool:
+    def _take(self, grad: np.ndarray, norm: float, scale: float, replica_id: int) -> bool:
         """Applies the gradient, or adds it to the open round and applies the round's mean when
         it is full; False if the update was undone (the round's gradients are then dropped)."""
         if self.clip_norm is not None and norm > self.clip_norm:
             grad = grad * np.float32(self.clip_norm / norm)
         if self.round is None:
             return self._step(grad, scale)
-        if not self.round.add(grad, scale):
-            return True
+        self.round.add(grad, scale, replica_id)
+        return self._close_round() if self.round.count >= self._round_size() else True
+
+    def _round_size(self) -> int:
+        """Gradients the open round waits for: per_update, less the finished replicas that have
+        no gradient in it (a round never waits for a replica that will not push again)."""
+        if not self._finished:
+            return self.round.per_update
+        gone = len(self._finished - self.round.members)
+        return max(1, min(self.round.per_update, self.replicas - gone))
+
+    def _close_round(self) -> bool:
         try:
             return self._step(self.round.mean(), 1.0)
         finally:
@@ -324,10 +335,23 @@ class ParameterShard:
     def resize(self, replicas: int) -> int:
         """Admin verb, when the job is scaled: the gradients per update of softsync:n, sync and
         backup follow the number of replicas. Returns the new number."""
-        self.replicas = replicas
+        self.replicas, self._finished = replicas, set()
         if self.round is not None:
             self.round.per_update = self.consistency.per_update(replicas)
         return self.round.per_update if self.round is not None else 1
+
+    @serialised
+    def finished(self, replica_id: int) -> int:
+        """Admin verb: `replica_id` ended its run. In sync and backup, rounds stop waiting for it:
+        replicas that finish at different times (backup's late ones do) would otherwise leave the
+        last rounds of the others unable to close. A round already as full as it now needs to be
+        is applied. Returns the gradients the open round now waits for."""
+        if not self.consistency.rounds:
+            return self.round.per_update if self.round is not None else 1
+        self._finished.add(replica_id)
+        if self.round.count and self.round.count >= self._round_size():
+            self._close_round()
+        return self._round_size()
 
     @serialised
     def replan(self, updates_left: int) -> int:

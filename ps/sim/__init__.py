@@ -1,0 +1,1 @@
+"""Deterministic simulated asynchrony: N logical learners in one process (`downpour simulate`)."""

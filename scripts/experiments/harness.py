@@ -1,0 +1,79 @@
+"""What every experiment of scripts/experiment.py shares: its result, data, scoring and plots.
+
+An experiment module (scripts/experiments/eN.py) has `TITLE` and `run(out_dir, quick) -> Result`:
+it trains what its protocol (docs/experiments.md) asks, writes one PNG into `out_dir`, and judges
+each pass line as a Check. `quick` shrinks it (fewer seeds, epochs) for a smoke run; the figures
+in docs/experiments.md come from full runs.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Check:
+    name: str        # the pass line, in the protocol's words
+    passed: bool
+    detail: str      # what was measured against it
+
+
+@dataclass
+class Result:
+    experiment: str                 # "E1"
+    title: str
+    checks: list[Check]
+    figures: dict = field(default_factory=dict)  # every number the verdict rests on (JSON-able)
+    plot: Optional[Path] = None
+    notes: list[str] = field(default_factory=list)  # deviations from the protocol, and why
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.experiment} {self.title}"]
+        out += [f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        out += [f"  note: {n}" for n in self.notes]
+        if self.plot:
+            out.append(f"  plot: {self.plot}")
+        out.append(f"{self.experiment}: {'PASS' if self.passed else 'FAIL'}")
+        return out
+
+    def save(self, out_dir: Path) -> Path:
+        path = out_dir / f"{self.experiment.lower()}.json"
+        body = {"experiment": self.experiment, "title": self.title, "passed": self.passed,
+                "checks": [c.__dict__ for c in self.checks], "figures": self.figures,
+                "plot": self.plot and self.plot.name, "notes": self.notes}
+        path.write_text(json.dumps(body, indent=2, default=_plain) + "\n")
+        return path
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def fashion_mnist(seed: int = 0):
+    """The real data (DOWNPOUR_DATA, the cache or Debian's copy; never downloaded here)."""
+    from replicas.data import load_dataset
+    return load_dataset("fashion-mnist", None, seed, download=False)
+
+
+def mean_std(values) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

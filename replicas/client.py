@@ -151,8 +151,9 @@ class RayShardClient(ShardClient):
 
     def start_fetch_newer(self, versions: list[int]) -> Fetch:
         wait_s = ROUND_WAIT_SHARE * self.timeout_s  # the shard answers before our own wait ends
-        return Fetch([shard.pull_newer.remote(v, wait_s, self.replica_id)
-                      for shard, v in zip(self.shards, versions)], time.time(), tuple(self.incarnations))
+        return Fetch([shard.pull_newer.remote(v, wait_s, self.replica_id, incarnation)
+                      for shard, v, incarnation in zip(self.shards, versions, self.incarnations)],
+                     time.time(), tuple(self.incarnations))
 
     def _landed(self, handles: list) -> bool:
         return len(ray.wait(handles, num_returns=len(handles), timeout=0)[0]) == len(handles)

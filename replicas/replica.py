@@ -15,6 +15,7 @@ import ray
 import torch
 
 from ps.common import schema
+from ps.common.delays import parse_delay
 from ps.common.protocol import ReplicaSettings
 from ps.common.shm import ShmError, ShmNames
 from replicas.client import Fetch, Installed, RayShardClient, ShardClient
@@ -86,6 +87,9 @@ class ModelReplica:
         self.pacer, self._clock_lead = pacer, None  # ssp: (my clock - slowest) at the last answer
         self._outer = LocalSteps(self.flat, config.local_lr, config.local_optimizer) \
             if config.local_steps else None  # async local SGD
+        # an injected step time (stragglers on demand): drawn per replica, slept after each compute
+        self._delays = parse_delay(config.inject_delay, "inject_delay").stream(
+            config.seed, replica_id) if config.inject_delay else None
 
     # ---- the Downpour loop -------------------------------------------------------------------
     def run(self) -> dict:
@@ -206,8 +210,7 @@ class ModelReplica:
             got = self.client.install(fetch, self.flat.host_values(), probe=self._prefetch)
         except TimeoutError as e:
             raise TimeoutError(f"replica {self.id}: {e}") from e
-        if self.c.rounds and newer_than is not None and any(
-                v <= old for v, old in zip(got.versions, newer_than.versions)):
+        if self.c.rounds and newer_than is not None and self._round_open(got, newer_than):
             raise TimeoutError(f"replica {self.id}: a round did not close within "
                                f"{self.c.timeout_s:g} s (versions {got.versions} after pushing on "
                                f"{newer_than.versions}): a replica stopped pushing")
@@ -220,6 +223,15 @@ class ModelReplica:
         if self.c.event_log:
             self._events.append(schema.fetch_record(t0, self.id, got.versions, got.spread_s))
         return got
+
+    @staticmethod
+    def _round_open(got: Installed, pushed_on: Installed) -> bool:
+        """Some shard's version is not past the one the last push was computed on, on the same
+        incarnation (a restored shard's versions start again from its checkpoint's)."""
+        unknown = (0,) * len(got.versions)
+        return any(v <= old and inc == old_inc for v, old, inc, old_inc in zip(
+            got.versions, pushed_on.versions, got.incarnations or unknown,
+            pushed_on.incarnations or unknown))
 
     def _compute(self, batch: np.ndarray, local_step: bool) -> None:
         t0 = time.time()
@@ -234,6 +246,8 @@ class ModelReplica:
             elif local_step:  # Dean's client also steps its own copy between fetches
                 self.flat.values.add_(self.flat.grads, alpha=-self.c.local_lr)
         self.flat.sync.synchronize()  # a GPU only queued the kernels: time their completion
+        if self._delays is not None:
+            time.sleep(self._delays.draw())  # part of the compute, as a slower machine's would be
         self._last_compute_s = time.time() - t0
         self.timers["compute"] += self._last_compute_s
 

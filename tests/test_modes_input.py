@@ -96,20 +96,15 @@ REFUSED = {
                           ["gradient_transform is 'adagrad_fix'", "dcasgd, gap_aware"]),
 }
 
-# Refused with exit 2 and one line, but only after a local Ray started (transport.choose runs
-# after cluster.connect): the product should refuse it in ps.driver.prepare.check_modes.
+# A transform keeping what each replica fetched needs Ray calls: refused by check_modes too
 AFTER_RAY = {
     "dcasgd-with-transport-shm": (["--gradient-transform", "dcasgd:lambda=0.1", "--transport", "shm"],
                                   ["--transport shm", "gradient_transform", "Ray calls"]),
     "gap-aware-with-transport-shm": (["--gradient-transform", "gap_aware", "--transport", "shm"],
                                      ["--transport shm", "gradient_transform", "Ray calls"]),
 }
-_LATE = pytest.mark.xfail(strict=True, reason=(
-    "a transform that keeps per-replica backups needs Ray calls, but --transport shm is refused "
-    "only in ps.driver.transport.choose, after cluster.connect has started Ray and the run "
-    "directory was created; check_modes does not look at needs_ray_calls"))
 CASES = [pytest.param(*v, id=k) for k, v in REFUSED.items()] + [
-    pytest.param(*v, id=k, marks=_LATE) for k, v in AFTER_RAY.items()]
+    pytest.param(*v, id=k) for k, v in AFTER_RAY.items()]
 
 
 @pytest.mark.parametrize("argv, words", CASES)

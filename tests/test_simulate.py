@@ -189,3 +189,15 @@ def test_replay_takes_a_recorded_runs_step_times(tmp_path):
         expected = [recorded[k % len(recorded)] for k in range(12)]
         np.testing.assert_allclose(np.diff(pushed), expected, rtol=1e-6)
     assert summary["simulation"]["delay"].startswith("replay:")
+
+
+def test_warmstart_lets_learner_0_train_alone_first(tmp_path):
+    """Dean et al.'s warmstart: the first W steps are learner 0's, on top of its share."""
+    _, summary, records = run(tmp_path, "warm", SimSettings(warmstart=0.02), shards=1, steps=20)
+    warm = round(0.02 * (6000 // 4 // BATCH) * 4)  # 0.02 epoch of the synthetic data's 6000
+    assert [r["replica"] for r in pushes(records)][:warm] == [0] * warm
+    assert summary["replica_stats"][0]["steps"] == 20 + warm
+    assert all(r["steps"] == 20 for r in summary["replica_stats"][1:])
+    curve = summary["simulation"]["train_loss"]
+    assert 50 <= len(curve) <= 100 and all(np.isfinite(loss) for _, loss in curve)
+    assert [e for e, _ in curve] == sorted(e for e, _ in curve)

@@ -21,6 +21,9 @@ def add_simulate_parser(sub) -> None:
                                    "applies (--replicas is the number of learners).")
     p.add_argument("--delay", default="constant", help=DELAY_HELP + " (default: constant)")
     p.add_argument("--order", default="delay", choices=("delay", "shuffled"), help=ORDER_HELP)
+    p.add_argument("--warmstart", type=float, default=0.0, metavar="EPOCHS",
+                   help="learner 0 trains alone for this many epochs before the others start "
+                        "(Dean et al.'s warmstart, on top of its steps; default 0)")
     add_config_flags(p, skip=("address", "transport", "pipeline", "max_inflight", "prefetch",
                               "metrics", "metrics_port", "device"))
     p.set_defaults(handler=handle_simulate)
@@ -32,7 +35,8 @@ def handle_simulate(args) -> int:
     # imports torch: after the flag checks
     from ps.sim.run import SimSettings, check_settings, simulate
 
-    settings = SimSettings(delay=args.delay, order=args.order, threads=config.threads or 1)
+    settings = SimSettings(delay=args.delay, order=args.order, threads=config.threads or 1,
+                           warmstart=args.warmstart)
     check_settings(settings)
     _, summary = simulate(config, settings)
     return exit_status(summary)

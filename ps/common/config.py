@@ -93,7 +93,7 @@ class TrainConfig:
                                              "e.g. replica:1@30s,shard:0@50%,replica:random@200")
     inject_delay: Optional[str] = opt(None, "replicas sleep this long after each compute (experiments, "
                                             "stragglers): e.g. straggler:mean=0.005,jitter=0.1,p=0.1,factor=5 "
-                                            "(seconds; see docs/consistency.md)")
+                                            "(seconds; see docs/simulation.md)")
     dry_run: bool = opt(False, "check a set-up: 3 steps per replica, then evaluate on 500 test samples")
 
 
@@ -312,20 +312,18 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
 
 
-def replica_settings(c: TrainConfig) -> ReplicaSettings:
-    """What a model replica needs of the job's configuration, and nothing else."""
-    from ps.server.consistency import (
-        parse_consistency,  # here: config stays free of server imports
-    )
-    mode = parse_consistency(c.consistency, c.replicas)
+def replica_settings(c: TrainConfig, rounds: bool = False,
+                     ssp_bound: Optional[int] = None) -> ReplicaSettings:
+    """What a model replica needs of the job's configuration, and nothing else; `rounds` and
+    `ssp_bound` from its parsed consistency mode (ps.server.consistency, above this layer)."""
     return ReplicaSettings(
         model=c.model, seed=c.seed, replicas=c.replicas, batch_size=c.batch_size,
         total_steps=c.steps, epochs=c.epochs, n_fetch=c.n_fetch, n_push=c.n_push,
         max_inflight=c.max_inflight,
         local_lr=c.lr if c.local_lr is None else c.local_lr,
         prefetch=bool(c.prefetch), device=c.device, timeout_s=c.timeout_s, event_log=c.event_log,
-        transport=c.transport, pipeline=bool(c.pipeline), rounds=mode.rounds,
-        ssp_bound=mode.bound if mode.mode == "ssp" else None, local_steps=c.local_steps,
+        transport=c.transport, pipeline=bool(c.pipeline), rounds=rounds,
+        ssp_bound=ssp_bound, local_steps=c.local_steps,
         local_optimizer=c.local_optimizer, inject_delay=c.inject_delay)
 
 

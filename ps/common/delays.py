@@ -10,11 +10,12 @@ compute, to reproduce stragglers on a machine whose replicas all run alike). Pur
     lognormal[:mean=S,sigma=G]             lognormal with mean S (heavy tail for G near 1)
     straggler[:mean=S,jitter=J,p=P,factor=F]  uniform, and F times longer with probability P
     replay:RUN_DIR                         each replica's step times in that run's event log
+                                           (simulate only: ps.obs.replay reads the log)
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -75,10 +76,15 @@ class DelayStream:
         return base
 
 
-def parse_delay(spec: str, field_name: str = "delay") -> DelayModel:
-    """`spec` as the module docstring writes it; every problem is a UserError naming the field."""
+def parse_delay(spec: str, field_name: str = "delay",
+                step_times: Optional[Callable[[str, str], list]] = None) -> DelayModel:
+    """`spec` as the module docstring writes it; every problem is a UserError naming the field.
+    `step_times(run_dir, field_name)` reads a run's step times for `replay:` (ps.obs.replay:
+    the event log is an upper layer's); without it, `replay:` is refused."""
     if isinstance(spec, str) and spec.strip().startswith(REPLAY + ":"):
-        from ps.obs.replay import step_times  # reads an event log: only for this kind
+        if step_times is None:
+            raise UserError(f"{field_name} {spec.strip()!r}: replay:RUN_DIR is for `downpour "
+                            "simulate --delay`; give a distribution here, e.g. uniform:mean=0.005")
         source = spec.strip()[len(REPLAY) + 1:]
         return DelayModel(REPLAY, {}, tuple(step_times(source, field_name)), spec.strip())
     name, params = parse_spec(spec, field_name)

@@ -211,7 +211,9 @@ class Fleet:
         self.homes[replica_id] = options
         cls = ray.remote(ModelReplica).options(**self.place.replica_options(), **options,
                                                max_concurrency=2)
-        return cls.remote(replica_id, replica_settings(self.c), self.p.plan, self.shards, *self._train,
+        mode = self.p.consistency
+        settings = replica_settings(self.c, mode.rounds, mode.bound if mode.mode == "ssp" else None)
+        return cls.remote(replica_id, settings, self.p.plan, self.shards, *self._train,
                           self.place.threads, part, total_steps, directory=self.controller,
                           incarnations=list(self.incarnations), shm=self.p.shm, pacer=self.pacer)
 

@@ -28,8 +28,10 @@ class Deadlock(RuntimeError):
 
 class Engine:
     def __init__(self, learners: Sequence[Learner], shards: Sequence, mode: Consistency,
-                 order: str, seed: int):
+                 order: str, seed: int, warmstart_steps: int = 0):
+        """`warmstart_steps`: learner 0 trains alone for that many steps first (Dean et al.)."""
         self.learners, self.shards, self.mode = list(learners), list(shards), mode
+        self.warmstart_steps = warmstart_steps
         self.shuffled = order == "shuffled"
         self.rng = np.random.default_rng([seed, 0x5EED])
         self.clocks = ClockTable(mode.bound) if mode.mode == "ssp" else None
@@ -77,6 +79,9 @@ class Engine:
         self._sequence += 1
 
     def _may_go(self, learner: Learner) -> bool:
+        first = self.learners[0]
+        if learner.id and first.steps < self.warmstart_steps and not first.done:
+            return False  # warmstart: the others wait for learner 0's first steps
         if self.mode.rounds and learner.versions and any(
                 s.version <= v for s, v in zip(self.shards, learner.versions)):
             return False  # its round is still open

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ps.common import rundir, schema
@@ -25,6 +26,7 @@ from ps.driver.evaluation import DRY_RUN_TEST_SAMPLES
 from ps.driver.prepare import Prepared, prepare
 from ps.driver.summary import RunStats, consistency_summary
 from ps.obs import events
+from ps.obs.replay import step_times
 from ps.server.shard import ParameterShard
 from ps.sim.engine import ORDERS, Engine
 from ps.sim.learner import Learner
@@ -32,6 +34,7 @@ from replicas.evaluator import score, write_model
 from replicas.flat import FlatParams
 from replicas.models import build_model
 
+LOSS_POINTS = 100  # points of the summary's training-loss curve
 # what a simulated job cannot do, and why (the field, its fix)
 UNSUPPORTED = {"inject_faults": "faults are injected into Ray actors: drop --inject-faults",
                "tensorboard": "the simulator writes no TensorBoard scalars: drop --tensorboard",
@@ -43,6 +46,8 @@ class SimSettings:
     delay: str = "constant"  # ps.common.delays: the learners' step times, in simulated seconds
     order: str = "delay"     # how pushes at the same simulated time are ordered (ps.sim.engine)
     threads: int = 1         # torch threads for the learners' computes
+    warmstart: float = 0.0   # epochs learner 0 trains alone before the others start (Dean et al.);
+                             # they add to its steps
 
 
 class Stop(Exception):
@@ -54,7 +59,9 @@ def check_settings(settings: SimSettings) -> DelayModel:
         raise UserError(f"order is '{settings.order}': choose one of {', '.join(ORDERS)}")
     if not 1 <= settings.threads <= 64:
         raise UserError(f"threads is {settings.threads}: give --threads 1..64")
-    return parse_delay(settings.delay, "delay")
+    if not 0 <= settings.warmstart < 1e6:
+        raise UserError(f"warmstart is {settings.warmstart:g}: give --warmstart 0 or more epochs")
+    return parse_delay(settings.delay, "delay", step_times)
 
 
 def simulate(c: TrainConfig, settings: SimSettings = SimSettings(), out=None) -> tuple[Path, dict]:
@@ -93,7 +100,14 @@ class Simulation:
         steps = prepared.budget.steps_per_replica
         self.learners = [Learner(i, c, plan, data.train_images, data.train_labels, steps,
                                  delay.stream(c.seed, i)) for i in range(c.replicas)]
-        self.engine = Engine(self.learners, self.shards, mode, settings.order, c.seed)
+        # warmstart: learner 0's first steps, alone, on top of its share of the budget
+        warm = round(settings.warmstart * prepared.budget.steps_per_epoch)
+        self.learners[0].total_steps += warm
+        self.engine = Engine(self.learners, self.shards, mode, settings.order, c.seed, warm)
+        # the learners' mean training loss in each 1 % of the run's steps: the summary's curve
+        self._loss_bin = max(1, prepared.budget.total_steps // LOSS_POINTS)
+        self._losses: list = []
+        self.train_loss: list = []  # [epochs, mean training loss] per bin
         self.log = events.EventLog(path / schema.LOG_NAME)
         self.stats = RunStats(c.shards)
         self.alarm = DivergenceAlarm(c.divergence_factor)
@@ -142,6 +156,11 @@ class Simulation:
                 r["t"] = t
             self.log.append(records)
         self._steps += learner._pending
+        self._losses.append(learner.loss)
+        if self._steps // self._loss_bin > len(self.train_loss):
+            self.train_loss.append([round(self.p.budget.epochs_of(self._steps), 5),
+                                    float(np.mean(self._losses))])
+            self._losses = []
         epochs = self.p.budget.epochs_of(self._steps)
         if self.c.eval_every and epochs >= self._next_eval and self._steps < self.p.budget.total_steps:
             self._next_eval += self.c.eval_every
@@ -178,7 +197,8 @@ class Simulation:
         summary["simulation"] = {"delay": self.delay.text, "order": self.settings.order,
                                  "mean_step_s": self.delay.mean_s,
                                  "simulated_s": round(self.engine.now, 6),
-                                 "wall_s": round(wall_s, 3)}
+                                 "wall_s": round(wall_s, 3), "warmstart": self.settings.warmstart,
+                                 "train_loss": self.train_loss}
         return summary
 
 

@@ -211,12 +211,14 @@ def _checks(summary, runs, k_max) -> list[Check]:
 def _plot(out_dir: Path, cfg: Config, runs, summary) -> Path:
     plt = pyplot()
     names = list(runs)
-    colours = {"SB": "tab:blue", "LB": "tab:red"}
+    extra = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+    colours = {"SB": "tab:blue", "LB": "tab:red",
+               **{n: extra[i % len(extra)] for i, n in enumerate(n for n in names if n.startswith("PB"))}}
     fig, (ax_loss, ax_phi, ax_acc) = plt.subplots(1, 3, figsize=(16, 4.6))
     for name in names:
         curves = np.array([r["curve"] for r in runs[name]])
         mean = curves.mean(axis=0)
-        ax_loss.plot(np.arange(1, len(mean) + 1), mean, label=name, color=colours.get(name))
+        ax_loss.plot(np.arange(1, len(mean) + 1), mean, label=name, color=colours[name])
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("epoch (piggyback: k SB epochs, then LB)")
     ax_loss.set_ylabel("training loss (mean over the epoch's batches)")
@@ -226,7 +228,7 @@ def _plot(out_dir: Path, cfg: Config, runs, summary) -> Path:
     for ax, key, label, scale in ((ax_phi, "phi", f"sharpness phi(eps={cfg.eps:g}, A=I)", 1.0),
                                   (ax_acc, "test_acc", "test accuracy (%)", 100.0)):
         means = [scale * summary[n][key][0] for n in names]
-        ax.bar(pos, means, color=[colours.get(n, "tab:green") for n in names], alpha=0.6)
+        ax.bar(pos, means, color=[colours[n] for n in names], alpha=0.6)
         for i, n in enumerate(names):
             ax.scatter([i] * len(runs[n]), [scale * r[key] for r in runs[n]], color="k", s=12, zorder=3)
             ax.annotate(f"{means[i]:.2f}", (i, means[i]), ha="center", va="bottom", fontsize=8)

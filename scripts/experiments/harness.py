@@ -77,3 +77,49 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+# The simulated experiments' step-time model: every learner's step takes 10 ms +- 10 %, as equal
+# machines do, so tau gathers near its mean as Zhang et al.'s measured distributions (Fig. 1) do.
+DELAY, ORDER = "uniform:mean=0.01,jitter=0.1", "delay"
+
+
+def simulated(run_dir: Path, delay: str = DELAY, order: str = ORDER, warmstart: float = 0.0,
+              **config) -> dict:
+    """One `downpour simulate` run on the real data; returns its summary (run_dir holds the rest)."""
+    import io
+
+    from ps.common.config import TrainConfig
+    from ps.sim.run import SimSettings, simulate
+    base = {"model": "mlp128", "eval_every": 0.0, "lr_schedule": "constant", "optimizer": "sgd",
+            "lr_rule": "constant", "shards": 1, "divergence_factor": 0.0}
+    c = TrainConfig(**{**base, **config, "run_dir": str(run_dir)})
+    _, summary = simulate(c, SimSettings(delay=delay, order=order, warmstart=warmstart),
+                          out=io.StringIO())
+    return summary
+
+
+def trained(run_dir: Path, **config) -> dict:
+    """One `downpour train` run (a local Ray) on the real data; returns its summary."""
+    import io
+
+    from ps.common.config import TrainConfig
+    from ps.driver.train import train
+    base = {"model": "mlp128", "eval_every": 0.0, "lr_schedule": "constant", "optimizer": "sgd",
+            "lr_rule": "constant", "shards": 1, "divergence_factor": 0.0, "metrics": False}
+    c = TrainConfig(**{**base, **config, "run_dir": str(run_dir)})
+    _, summary = train(c, out=io.StringIO())
+    return summary
+
+
+def taus(run_dir: Path) -> np.ndarray:
+    """Every accepted push's staleness, from the run's event log."""
+    from ps.common import schema
+    from ps.obs.events import read_events
+    return np.array([r["tau"] for r in read_events(run_dir / schema.LOG_NAME)
+                     if r.get("kind") == "push" and r["accepted"]], dtype=np.int64)
+
+
+def accuracy(summary: dict) -> float:
+    """Test accuracy in points (0 for a run that ended without a usable model)."""
+    return 100.0 * (summary.get("test_accuracy") or 0.0)

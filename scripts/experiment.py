@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     result.figures["wall_time_s"] = round(time.time() - t0, 1)
     result.figures["quick"] = args.quick
     result.save(out)
-    print("\n".join(result.lines()))
+    lines = "\n".join(result.lines())
+    (out / f"{name.lower()}.txt").write_text(lines + "\n")  # what docs/experiments.md quotes
+    print(lines)
     return 0 if result.passed else 1
 
 

@@ -77,6 +77,7 @@ def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, boun
     {"consistency": "hogwild", "optimizer": "sgd", "lr": 0.05},
     {"gradient_transform": "dcasgd:lambda=0.04,adaptive=1"},
     {"local_steps": 4, "optimizer": "nesterov", "lr": 0.7, "local_lr": 0.05, "steps": 12},
+    {"inject_delay": "straggler:mean=0.002,p=0.5,factor=10"},
 ])
 def test_other_modes_train_and_report_what_they_did(ray_session, tmp_path, overrides):
     path, summary, pushes = run(tmp_path, "mode", **overrides)
@@ -92,3 +93,7 @@ def test_other_modes_train_and_report_what_they_did(ray_session, tmp_path, overr
         assert modes["transform_state_bytes"] >= 3 * 4 * sum(summary["shard_sizes"]) if \
             "shard_sizes" in summary else modes["transform_state_bytes"] > 0
         assert summary["transport"]["replicas"] == {"ray": 3}
+    if "inject_delay" in overrides:
+        # 8 steps of at least 0.9 x 2 ms each, half of them 10 x longer on average: the sleep
+        # is counted as compute time
+        assert all(r["compute_s"] >= 8 * 0.0018 for r in summary["replica_stats"])

@@ -94,7 +94,7 @@ def judge(acc: dict, memory: dict, cost: dict, seeds, epochs: int, out_dir: Path
     checks.append(Check("the PS records the memory of M backup models and an apply cost of about "
                         "2-5x plain SGD", backups >= 8 and 1.5 <= ratio <= 6,
                         f"DC-a at M=8 holds {memory['DC-a', 8]} bytes = {backups:.1f} model copies "
-                        f"(8 backups + its mean square); apply {ratio:.2f}x plain SGD "
+                        f"(8 backups and the adaptive form's buffers); apply {ratio:.2f}x plain SGD "
                         f"(DC-c {cost['dcasgd-c'] / cost['sgd']:.2f}x)"))
     figures = {"accuracy": {f"{n} M={m}": v for (n, m), v in acc.items()},
                "transform_state_bytes": {f"{n} M={m}": b for (n, m), b in memory.items()},

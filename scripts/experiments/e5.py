@@ -55,18 +55,20 @@ def run(out_dir: Path, quick: bool = False) -> Result:
 
 
 def max_clock_gap(run_dir: Path, replicas: int, steps: int) -> int:
-    """From the event log alone: the largest lead of a replica's fetch (the start of its next
-    step) over the slowest replica still training, in pushes done."""
+    """From the event log alone: when a replica's push of its step c lands, how far c is ahead
+    of the pushes of the slowest other replica still training (SSP: at most the bound, since
+    step c began only once c - slowest clock <= bound, and clocks only grow)."""
     from ps.common import schema
     from ps.obs.events import read_events
     done, gap = [0] * replicas, 0
     for r in read_events(run_dir / schema.LOG_NAME):
-        if r.get("kind") == "push":
-            done[r["replica"]] += 1
-        elif r.get("kind") == "fetch" and done[r["replica"]]:
-            training = [d for d in done if d < steps]
-            if training:
-                gap = max(gap, done[r["replica"]] - min(training))
+        if r.get("kind") != "push":
+            continue
+        me = r["replica"]
+        others = [d for q, d in enumerate(done) if q != me and d < steps]
+        if others:
+            gap = max(gap, done[me] - min(others))
+        done[me] += 1
     return gap
 
 

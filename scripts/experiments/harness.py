@@ -39,7 +39,7 @@ class Result:
         out += [f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
         out += [f"  note: {n}" for n in self.notes]
         if self.plot:
-            out.append(f"  plot: {self.plot}")
+            out.append(f"  plot: {self.plot.name}")
         out.append(f"{self.experiment}: {'PASS' if self.passed else 'FAIL'}")
         return out
 

@@ -7,7 +7,6 @@ summary.json, model.pt), so `downpour staleness` and `report` read it unchanged;
 a "simulation" block.
 """
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -201,6 +200,3 @@ class Simulation:
                                  "train_loss": self.train_loss}
         return summary
 
-
-def with_run_dir(c: TrainConfig, run_dir: Optional[str]) -> TrainConfig:
-    return dataclasses.replace(c, run_dir=run_dir)

@@ -153,6 +153,9 @@ def test_staleness_and_report_read_a_simulated_run_of_every_mode(tmp_path, capsy
     assert (run_dir / "report" / "report.md").is_file()
 
 
+ARGPARSE_ERRORS = ("--order", "--inject-faults")  # refused by the parser: it exits
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--delay", "gamma"], ["delay is 'gamma'", "uniform"]),
     (["--delay", "uniform:mean=0"], ["mean=0", "> 0"]),
@@ -160,14 +163,16 @@ def test_staleness_and_report_read_a_simulated_run_of_every_mode(tmp_path, capsy
     (["--delay", "uniform:speed=2"], ["no parameter 'speed'"]),
     (["--delay", "replay:no-such-run"], ["no-such-run", "does not exist"]),
     (["--order", "random"], ["invalid choice", "shuffled"]),
-    (["--inject-faults", "replica:0@1"], ["inject_faults", "simulated"]),
+    (["--inject-faults", "replica:0@1"], ["unrecognized arguments", "--inject-faults"]),
     (["--n-fetch", "2"], ["n_fetch = n_push"]),
     (["--consistency", "softsync:n=9"], ["n=9", "out of range"]),
 ])
+
+
 def test_bad_input_exits_2_with_one_line_and_no_run_directory(tmp_path, capsys, argv, words):
     run_dir = tmp_path / "run"
     status = main(["simulate", "--dataset", "synthetic", "--replicas", "3", "--steps", "4",
-                   "--run-dir", str(run_dir), *argv]) if argv[0] != "--order" else None
+                   "--run-dir", str(run_dir), *argv]) if argv[0] not in ARGPARSE_ERRORS else None
     if status is None:
         with pytest.raises(SystemExit) as exc:
             main(["simulate", "--dataset", "synthetic", "--run-dir", str(run_dir), *argv])
@@ -201,3 +206,19 @@ def test_warmstart_lets_learner_0_train_alone_first(tmp_path):
     curve = summary["simulation"]["train_loss"]
     assert 50 <= len(curve) <= 100 and all(np.isfinite(loss) for _, loss in curve)
     assert [e for e, _ in curve] == sorted(e for e, _ in curve)
+
+
+def test_a_simulation_refuses_what_only_ray_can_do(tmp_path):
+    from ps.common.errors import UserError
+    config = TrainConfig(dataset="synthetic", replicas=2, steps=2, inject_faults="replica:0@1",
+                         run_dir=str(tmp_path / "run"))
+    with pytest.raises(UserError, match="inject_faults is set, but a simulated job cannot use it"):
+        simulate(config, SimSettings(), out=io.StringIO())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "submit", "simulate", "staleness", "report"])
+def test_help_prints_and_exits_0(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0 and f"usage: downpour {command}" in capsys.readouterr().out

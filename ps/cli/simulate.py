@@ -25,7 +25,8 @@ def add_simulate_parser(sub) -> None:
                    help="learner 0 trains alone for this many epochs before the others start "
                         "(Dean et al.'s warmstart, on top of its steps; default 0)")
     add_config_flags(p, skip=("address", "transport", "pipeline", "max_inflight", "prefetch",
-                              "metrics", "metrics_port", "device"))
+                              "metrics", "metrics_port", "device", "inject_faults", "inject_delay",
+                              "tensorboard"))
     p.set_defaults(handler=handle_simulate)
 
 

@@ -29,6 +29,7 @@ def add_config_flags(p, skip: tuple = ()) -> None:
             continue
         flag, kind = "--" + name.replace("_", "-"), cfg.base_type(hints[name])
         help_ = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
+        help_ = help_.replace("%", "%%")  # argparse formats help with %: a literal one must be doubled
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:

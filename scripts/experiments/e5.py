@@ -85,9 +85,13 @@ def judge(rows, ray_taus, sim_taus, sim_acc, seeds, steps, out_dir: Path) -> Res
     checks.append(Check("BSP throughput <= 0.7x ASP; SSP(s=3) >= 0.85x ASP", bsp <= 0.7 and ssp3 >= 0.85,
                         ", ".join(f"{n} {rate[n]:.0f} samples/s ({rate[n] / rate['ASP']:.2f}x)"
                                   for n in rows)))
-    checks.append(Check("SSP accuracy within 1 point of BSP at equal pushes",
-                        all(abs(acc[n] - acc["BSP"]) <= 1 for n in rows if "SSP" in n),
-                        ", ".join(f"{n} {acc[n]:.2f}%" for n in rows)))
+    # non-inferiority: SSP's staleness must not cost more than a point against BSP (an SSP run
+    # above BSP counts as within, and the detail says by how much)
+    checks.append(Check("SSP accuracy within 1 point of BSP at equal pushes (not more than 1 "
+                        "point below; above counts as within)",
+                        all(acc[n] >= acc["BSP"] - 1 for n in rows if "SSP" in n),
+                        ", ".join(f"{n} {acc[n]:.2f}%" + (f" ({acc[n] - acc['BSP']:+.2f})" if n != "BSP"
+                                                          else "") for n in rows)))
     stats = {"ray": (ray_taus.mean(), np.percentile(ray_taus, 99)),
              "sim": (sim_taus.mean(), np.percentile(sim_taus, 99))}
     close = all(abs(stats["sim"][i] - stats["ray"][i]) <= 0.2 * stats["ray"][i] for i in (0, 1))

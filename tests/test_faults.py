@@ -35,7 +35,10 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 
 
 def test_a_killed_replica_is_replaced_on_its_part_and_the_steps_add_up(ray_session, tmp_path):
-    run_dir, summary = train(job(tmp_path, "replica", inject_faults="replica:0@30%"))
+    # 10 ms a step (--inject-delay): the run spans several of the driver's 1 s polls, where the
+    # fault at 30 % is injected, however fast the machine is
+    run_dir, summary = train(job(tmp_path, "replica", inject_faults="replica:0@30%",
+                                 inject_delay="constant:mean=0.01"))
     assert summary["status"] == "completed", summary["error"]
     assert summary["faults"]["replica_restarts"] == 1
     rows = {r["replica"]: r for r in summary["replica_stats"]}

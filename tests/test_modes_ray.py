@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from tests_support import big_batch_sgd, final_values
 
+from ps.cli import main
 from ps.common import schema
 from ps.common.config import TrainConfig
 from ps.driver.train import train
@@ -24,7 +25,14 @@ def run(tmp_path, name: str, **overrides):
     return path, summary, [r for r in events.read_events(path / schema.LOG_NAME) if r["kind"] == "push"]
 
 
-def test_sync_equals_single_process_sgd_with_batch_n_times_b(ray_session, tmp_path):
+def reads_back(path, capsys) -> None:
+    """`downpour staleness` and `report` read the run unchanged, whatever its mode."""
+    capsys.readouterr()
+    assert main(["staleness", str(path)]) == 0 and "all shards: pushes" in capsys.readouterr().out
+    assert main(["report", str(path)]) == 0 and (path / "report" / "report.md").is_file()
+
+
+def test_sync_equals_single_process_sgd_with_batch_n_times_b(ray_session, tmp_path, capsys):
     path, summary, pushes = run(tmp_path, "sync", consistency="sync", optimizer="sgd", lr=0.1,
                                 lr_rule="constant", lr_schedule="constant")
     assert summary["status"] == "completed" and summary["updates"] == [8, 8]
@@ -33,9 +41,10 @@ def test_sync_equals_single_process_sgd_with_batch_n_times_b(ray_session, tmp_pa
     assert summary["transport"]["replicas"] == {"ray": 3}  # rounds wait through Ray calls
     np.testing.assert_allclose(final_values(path, "mlp", SEED), big_batch_sgd("mlp", SEED, BATCH, 3, 8, 0.1),
                                rtol=1e-4, atol=1e-5)
+    reads_back(path, capsys)
 
 
-def test_backup_never_applies_a_late_gradient(ray_session, tmp_path):
+def test_backup_never_applies_a_late_gradient(ray_session, tmp_path, capsys):
     path, summary, pushes = run(tmp_path, "backup", consistency="backup:b=1", steps=12)
     assert summary["status"] == "completed"
     for shard in (0, 1):
@@ -53,10 +62,11 @@ def test_backup_never_applies_a_late_gradient(ray_session, tmp_path):
         assert full == list(range(len(full))) and len(full) >= closed - 12
     assert summary["consistency"]["late_dropped"] == sum(not r["accepted"] for r in pushes)
     assert summary["rejected_by_reason"].get("late", 0) == summary["consistency"]["late_dropped"]
+    reads_back(path, capsys)
 
 
 @pytest.mark.parametrize("bound", [0, 2])
-def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, bound):
+def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, bound, capsys):
     path, summary, pushes = run(tmp_path, f"ssp{bound}", consistency=f"ssp:bound={bound}", steps=12,
                                 replicas=3, shards=1)
     assert summary["status"] == "completed"
@@ -70,6 +80,7 @@ def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, boun
         assert all(seen[q] >= c - bound for q in range(3) if q != r["replica"]), (r, dict(seen))
         seen[r["replica"]] += 1
     assert sum(seen.values()) == 3 * 12
+    reads_back(path, capsys)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -79,8 +90,9 @@ def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, boun
     {"local_steps": 4, "optimizer": "nesterov", "lr": 0.7, "local_lr": 0.05, "steps": 12},
     {"inject_delay": "straggler:mean=0.002,p=0.5,factor=10"},
 ])
-def test_other_modes_train_and_report_what_they_did(ray_session, tmp_path, overrides):
+def test_other_modes_train_and_report_what_they_did(ray_session, tmp_path, overrides, capsys):
     path, summary, pushes = run(tmp_path, "mode", **overrides)
+    reads_back(path, capsys)
     assert summary["status"] == "completed" and summary["rejected_pushes"] == 0
     steps, replicas = overrides.get("steps", 8), overrides.get("replicas", 3)
     every = overrides.get("local_steps", 1)

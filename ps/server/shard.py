@@ -12,6 +12,7 @@ earlier incarnation has no meaningful staleness: every push carries the incarnat
 parameters came from, and one from another incarnation is rejected as `fenced`.
 """
 
+import contextlib
 import functools
 import math
 import threading
@@ -201,10 +202,8 @@ class ParameterShard:
         """`push`, then `pull`, in one call: a replica that pushes and fetches at the same step
         pays one round trip per shard instead of two. One verb under the lock, but Hogwild's
         update, which runs beside the others."""
-        if self.consistency.mode == "hogwild":
-            result = self.push(grad, fetched_version, replica_id, incarnation)
-            return PushPullReply(*self.pull(replica_id), result)
-        with self._lock:
+        held = contextlib.nullcontext() if self.consistency.mode == "hogwild" else self._lock
+        with held:
             result = self.push(grad, fetched_version, replica_id, incarnation)
             return PushPullReply(*self.pull(replica_id), result)
 

@@ -72,7 +72,7 @@ class Learner:
                     self.flat.values.add_(self.flat.grads, alpha=-self.local_lr)
             took += self.delays.draw()
         self.loss = float(loss)
-        self._pending = steps
+        self.computed = steps  # steps the next push carries
         return took
 
     def push(self, shards: Sequence, incarnations: Sequence[int]) -> list[PushResult]:
@@ -83,7 +83,7 @@ class Learner:
                    for s, piece, v, inc in zip(shards, pieces, self.versions, incarnations)]
         if self.acc is not self.flat.grads:
             self.acc.zero_()
-        self.steps += self._pending
+        self.steps += self.computed
         return results
 
     def _batches(self, indices: np.ndarray) -> Iterator[np.ndarray]:

@@ -79,16 +79,16 @@ def simulate(c: TrainConfig, settings: SimSettings = SimSettings(), out=None) ->
     path = rundir.create(c.run_dir, f"sim-{c.model}-r{c.replicas}s{c.shards}")
     with rundir.driver_lock(path):
         rundir.write_config(path, to_dict(c))
-        summary = Simulation(prepared, delay, settings, path, out).run()
+        summary = Simulation(prepared, delay, settings, path).run()
     print(f"downpour: {summary['status']}: test accuracy {summary['test_accuracy']} after "
           f"{summary['simulation']['simulated_s']:.4g} simulated s; run directory {path}", file=out)
     return path, summary
 
 
 class Simulation:
-    def __init__(self, prepared: Prepared, delay: DelayModel, settings: SimSettings, path: Path, out):
+    def __init__(self, prepared: Prepared, delay: DelayModel, settings: SimSettings, path: Path):
         self.p, self.c, self.delay, self.settings = prepared, prepared.config, delay, settings
-        self.path, self.out = path, out
+        self.path = path
         c, plan, mode = self.c, prepared.plan, prepared.consistency
         self.shards = [ParameterShard(
             s, piece, prepared.optimizer, c.lr, c.lr_rule, c.lr_schedule,
@@ -154,7 +154,7 @@ class Simulation:
             for r in records:
                 r["t"] = t
             self.log.append(records)
-        self._steps += learner._pending
+        self._steps += learner.computed
         self._losses.append(learner.loss)
         if self._steps // self._loss_bin > len(self.train_loss):
             self.train_loss.append([round(self.p.budget.epochs_of(self._steps), 5),

@@ -17,6 +17,7 @@ from experiments.harness import (
     accuracy,
     mean_std,
     pyplot,
+    save_figure,
     simulated,
     taus,
 )
@@ -116,8 +117,4 @@ def plot(acc: dict, staleness: dict, out_dir: Path) -> Path:
     right.set(xlabel="staleness tau (updates)", ylabel="share of pushes",
               title="staleness distribution (alpha0/tau, first seed)")
     right.legend()
-    fig.tight_layout()
-    path = out_dir / "e1.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e1.png")

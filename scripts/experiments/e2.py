@@ -9,7 +9,15 @@ import tempfile
 from pathlib import Path
 
 from experiments.e1 import ALPHA0
-from experiments.harness import Check, Result, accuracy, mean_std, pyplot, simulated
+from experiments.harness import (
+    Check,
+    Result,
+    accuracy,
+    mean_std,
+    pyplot,
+    save_figure,
+    simulated,
+)
 
 TITLE = "lambda x mu invariance (Gupta et al. 2016)"
 CONSTANT = ((4, 32), (8, 16), (16, 8), (32, 4))
@@ -62,8 +70,4 @@ def plot(acc: dict, out_dir: Path) -> Path:
            xlabel="learners x batch", ylabel="test accuracy (%)",
            title="3 epochs, alpha0/tau, PS momentum 0.9")
     ax.legend()
-    fig.tight_layout()
-    path = out_dir / "e2.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e2.png")

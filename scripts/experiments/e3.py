@@ -11,7 +11,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from experiments.harness import Check, Result, accuracy, mean_std, pyplot, simulated
+from experiments.harness import (
+    Check,
+    Result,
+    accuracy,
+    mean_std,
+    pyplot,
+    save_figure,
+    simulated,
+)
 
 TITLE = "Downpour: Adagrad on the PS, warmstart, n_push (Dean et al. 2012)"
 BATCH, WARMSTART = 8, 0.25
@@ -116,8 +124,4 @@ def plot(acc, sacc, out_dir: Path) -> Path:
     right.plot(list(sacc), list(sacc.values()), marker="o")
     right.set(xscale="log", xticks=list(sacc), xticklabels=[str(k) for k in sacc],
               xlabel="n_fetch = n_push", ylabel="test accuracy (%)", title="lambda 30, Adagrad 0.01")
-    fig.tight_layout()
-    path = out_dir / "e3.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e3.png")

@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from experiments.harness import Check, Result, accuracy, mean_std, pyplot, simulated
+from experiments.harness import (
+    Check,
+    Result,
+    accuracy,
+    mean_std,
+    pyplot,
+    save_figure,
+    simulated,
+)
 
 TITLE = "DC-ASGD against ASGD and SSGD (Zheng et al. 2017)"
 BATCH, ETA = 32, 0.1  # eta: the best sequential SGD of {0.02, 0.05, 0.1, 0.2} at 2 epochs (docs/experiments.md)
@@ -116,8 +124,4 @@ def plot(acc: dict, out_dir: Path) -> Path:
     ax.set(xticks=range(len(names)), xticklabels=names, ylabel="test accuracy (%)",
            title="batch 32, eta 0.2, plain SGD on the PS (mean and std over seeds)")
     ax.legend()
-    fig.tight_layout()
-    path = out_dir / "e4.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e4.png")

@@ -18,6 +18,7 @@ from experiments.harness import (
     accuracy,
     mean_std,
     pyplot,
+    save_figure,
     simulated,
     taus,
     trained,
@@ -121,8 +122,4 @@ def plot(rate, acc, ray_taus, sim_taus, out_dir: Path) -> Path:
     right.hist(sim_taus, bins=bins, density=True, alpha=0.6, label="simulated, step times replayed")
     right.set(xlabel="staleness tau", ylabel="share of pushes", title="ASP staleness: Ray vs simulation")
     right.legend()
-    fig.tight_layout()
-    path = out_dir / "e5.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e5.png")

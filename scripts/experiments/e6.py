@@ -11,7 +11,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from experiments.harness import Check, Result, accuracy, mean_std, pyplot, trained
+from experiments.harness import (
+    Check,
+    Result,
+    accuracy,
+    mean_std,
+    pyplot,
+    save_figure,
+    trained,
+)
 
 TITLE = "backup workers for synchronous SGD (Chen et al. 2016)"
 DELAY = "lognormal:mean=0.005,sigma=1"
@@ -87,8 +95,4 @@ def plot(rows: dict, out_dir: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="iteration time (ms)", ylabel="P(iteration > t)",
            title="sync with N + b replicas, lognormal step delay (sigma 1)")
     ax.legend()
-    fig.tight_layout()
-    path = out_dir / "e6.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e6.png")

@@ -7,7 +7,15 @@ Pure async (c = 1) with M in {1, 4, 16} learners of batch 32, eta = 0.02, explic
 import tempfile
 from pathlib import Path
 
-from experiments.harness import Check, Result, accuracy, mean_std, pyplot, simulated
+from experiments.harness import (
+    Check,
+    Result,
+    accuracy,
+    mean_std,
+    pyplot,
+    save_figure,
+    simulated,
+)
 
 TITLE = "asynchrony acts as implicit momentum (Mitliagkas et al. 2016)"
 MS, MOMENTA, BATCH, ETA = (1, 4, 16), (0.0, 0.5, 0.9), 32, 0.02
@@ -52,8 +60,4 @@ def plot(acc: dict, out_dir: Path) -> Path:
     ax.set(xlabel="explicit PS momentum", ylabel="test accuracy (%)", xticks=MOMENTA,
            title=f"pure async, batch {BATCH}, eta {ETA}")
     ax.legend()
-    fig.tight_layout()
-    path = out_dir / "e7.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e7.png")

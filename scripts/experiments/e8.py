@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from experiments.harness import Check, Result, fashion_mnist, mean_std, pyplot
+from experiments.harness import (
+    Check,
+    Result,
+    fashion_mnist,
+    mean_std,
+    pyplot,
+    save_figure,
+)
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from replicas.data import normalise
@@ -241,11 +248,7 @@ def _plot(out_dir: Path, cfg: Config, runs, summary) -> Path:
     ax_acc.set_ylim(lo - 1.0, hi + 0.5)
     ax_acc.set_title("Fashion-MNIST test set (10k)")
     fig.suptitle("E8: " + TITLE, fontsize=10)
-    fig.tight_layout()
-    path = out_dir / "e8.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "e8.png", dpi=110)
 
 
 def _deviations(cfg: Config, quick: bool) -> list[str]:

@@ -79,6 +79,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Lays out, writes and closes `fig`; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 # The simulated experiments' step-time model: every learner's step takes 10 ms +- 10 %, as equal
 # machines do, so tau gathers near its mean as Zhang et al.'s measured distributions (Fig. 1) do.
 DELAY, ORDER = "uniform:mean=0.01,jitter=0.1", "delay"

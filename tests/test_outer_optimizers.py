@@ -49,7 +49,7 @@ def delayed_nesterov_reference(w0, grads, scales, lr, momentum, delay):
     also m = b*m + mean(buffer) and the momentum part lr*b*m."""
     p, m, s, count, out = w0.astype(np.float64), np.zeros(SIZE), np.zeros(SIZE), 0, []
     for g, scale in zip(grads, scales):
-        g, step_lr = g.astype(np.float64), lr * scale
+        g, step_lr = g.astype(np.float64) * scale, lr  # the factor scales the pseudo-gradient
         s += g
         count += 1
         if count < delay:
@@ -94,7 +94,7 @@ def test_delayed_nesterov_matches_the_numpy_reference(delay, momentum):
     rng = np.random.default_rng(delay)
     w0 = rand(rng)
     grads = [rand(rng) for _ in range(23)]  # not a multiple of delay: ends mid-window
-    scales = list(rng.uniform(0.2, 1.0, len(grads)))  # per-push learning rates, as lr rules give
+    scales = list(rng.uniform(0.2, 1.0, len(grads)))  # per-push staleness factors, as lr rules give
     opt = server(f"delayed_nesterov:momentum={momentum},delay={delay}", w0)
     ref = delayed_nesterov_reference(w0, grads, scales, LR, momentum, delay)
     for k, (g, scale) in enumerate(zip(grads, scales)):

@@ -23,7 +23,8 @@ class DelayedNesterov(torch.optim.Optimizer):
     """Delayed Nesterov (DN), after Liu et al. 2024: momentum that moves only once every `delay`
     pushes, so that stale pseudo-gradients arriving one by one do not each drive it.
 
-    Per push g (lr = this push's learning rate, b = momentum, K = delay), state as tensors:
+    Per push g (already scaled by its staleness factor; lr = the scheduled learning rate,
+    b = momentum, K = delay), state as tensors:
     `momentum_buffer` m (starts at 0), `grad_sum` s (the pushes since the last momentum update)
     and `count` c (0-d, how many):
 
@@ -143,21 +144,32 @@ class ServerOptimizer:
         # (scripts/bench_micro.py's push rate is bound by it); a shard registers no hooks
         self._step = inspect.unwrap(cls.step)
         self._backup: dict = {}  # see _save
+        # Where a push's staleness factor goes (docs/consistency.md, "Staleness rules"): the SGD
+        # family scales the gradient, so a momentum buffer keeps each gradient at the factor of
+        # its own staleness (Zhang et al.'s per-gradient rate); adaptive optimizers would
+        # normalise a scaled gradient away, so they scale the step's rate instead.
+        self.scales_gradient = issubclass(cls, (torch.optim.SGD, DelayedNesterov))
 
     @property
     def values(self) -> np.ndarray:
         return self.param.detach().numpy()
 
-    def step(self, grad: np.ndarray, scale: float) -> bool:
-        """param <- update(param, grad) with learning rate lr * scale; grad is read, never kept.
-        Returns False, leaving the parameters and the state bitwise as they were, when the update
-        would make any of them non-finite (a finite gradient times a huge learning rate)."""
-        if grad.flags.writeable:  # a shared-memory slot: read in place (these optimizers only read it)
-            self.param.grad = torch.from_numpy(grad)
+    def step(self, grad: np.ndarray, factor: float, schedule: float = 1.0) -> bool:
+        """One update from `grad` (read, never kept) with a push's staleness `factor` and the lr
+        schedule's: update(param, factor * grad) at lr * schedule for the SGD family,
+        update(param, grad) at lr * factor * schedule for the adaptive ones. Returns False,
+        leaving the parameters and the state bitwise as they were, when the update would make
+        any of them non-finite (a finite gradient times a huge learning rate)."""
+        by_gradient = self.scales_gradient and factor != 1.0
+        if grad.flags.writeable and not by_gradient:  # a shared-memory slot: read in place
+            self.param.grad = torch.from_numpy(grad)  # (these optimizers only read it)
         else:  # a read-only view of Ray's object store, which torch warns about: a copy
             self.param.grad = self._grad
-            self._grad.numpy()[:] = grad
-        self.optim.param_groups[0]["lr"] = self.lr * scale
+            if by_gradient:
+                np.multiply(grad, np.float32(factor), out=self._grad.numpy())
+            else:
+                self._grad.numpy()[:] = grad
+        self.optim.param_groups[0]["lr"] = self.lr * schedule * (1.0 if self.scales_gradient else factor)
         before = self._save()
         with torch.no_grad():
             self._step(self.optim)

@@ -238,7 +238,7 @@ class ParameterShard:
 
     def _step(self, grad: np.ndarray, scale: float) -> bool:
         """One optimizer step; the version moves (and round waiters wake) if it is kept."""
-        if not self.optimizer.step(grad, scale * self.schedule(self.version / self.planned_updates)):
+        if not self.optimizer.step(grad, scale, self.schedule(self.version / self.planned_updates)):
             return False
         self.version += 1
         self._advanced.notify_all()

@@ -84,7 +84,9 @@ class ModelReplica:
         self.jit, self._last_compute_s = JustInTime(), 0.0
         self._loss: Optional[torch.Tensor] = None  # of the last step
         self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait, pace_wait
-        self.pacer, self._clock_lead = pacer, None  # ssp: (my clock - slowest) at the last answer
+        # ssp: the pacer; (my clock - my steps, the slowest clock) of its last answer read; the
+        # (answer, my steps) of the last report not waited for
+        self.pacer, self._clock_lead, self._unread = pacer, None, None
         self._outer = LocalSteps(self.flat, config.local_lr, config.local_optimizer) \
             if config.local_steps else None  # async local SGD
         # an injected step time (stragglers on demand): drawn per replica, slept after each compute
@@ -138,10 +140,10 @@ class ModelReplica:
         fetch, pushed_from, pushed_on, got = client.start_fetch(), None, None, None
         while (total := self._steps_to_run()) is not None:  # `reassign` may move the end
             step = self.step
+            if self.pacer is not None and self._pace():
+                fetch = None  # fetched before the wait: it may lack updates the bound promises
             if step % c.n_fetch == 0:
                 got = self._install(fetch or client.start_fetch(), newer_than=pushed_on)
-            if self.pacer is not None:
-                self._pace()
             fetch_next = (step + 1) % c.n_fetch == 0 and step + 1 < total
             # Prefetch: the next fetch goes out during this compute, timed to land as it ends.
             scheduled = ScheduledFetch(client.start_fetch, self.jit.delay()) if (
@@ -264,32 +266,43 @@ class ModelReplica:
             self._settle()
         return fetch
 
-    def _pace(self) -> None:
-        """SSP: tells the pacer this replica's steps (once its pushes are acknowledged), and waits
-        while the step it is about to compute is more than the bound ahead of the slowest
-        replica's clock. The slowest clock only grows, so within the bound of the last one heard
-        the replica goes on at once, and reports only every `_report_every` steps: a clock the
-        pacer hears late only makes others wait longer, never lets one past the bound, and one
-        call fewer per step is what pacing costs most on a busy machine."""
-        bound = self.c.ssp_bound
-        within = self._clock_lead is not None and \
-            self._clock_lead[0] + self.step - self._clock_lead[1] <= bound
-        if within and self.step % self._report_every:
-            return
+    def _pace(self) -> bool:
+        """SSP, before each step: waits while this step would start more than the bound ahead of
+        the slowest replica's clock; True if it waited. A replica's clock counts its steps once
+        every shard acknowledged their pushes, and the parameters a step computes on must hold
+        every update up to the slowest clock that let it go. So the check uses only the pacer's
+        answers read before the parameters in hand were fetched (those of earlier steps); one
+        that has come since is read for the next step. Within the bound the replica goes on
+        without a call. It reports its clock every step while near the slowest (the others may
+        be waiting for it), else every `_report_every` steps: a clock the pacer hears late only
+        makes others wait longer, never lets one past the bound. Beyond the bound it reports and
+        waits for the answer, and the caller fetches anew."""
+        lead = None if self._clock_lead is None else \
+            self._clock_lead[0] + self.step - self._clock_lead[1]
+        if self._unread is not None and ray.wait([self._unread[0]], timeout=0)[0]:
+            self._read_answer(*self._unread)
+        within = lead is not None and lead <= self.c.ssp_bound
+        if within and lead >= self._report_every and self.step % self._report_every:
+            return False
         t0 = time.time()
         while self.client.inflight:
             self._settle()
         ref = self.pacer.ready.remote(self.id, self.step, self.c.timeout_s)
         if within:
-            return
-        clock, slowest = ray.get(ref, timeout=self.c.timeout_s + PACE_GRACE_S)
-        self._clock_lead = (clock - self.step, slowest)
+            self._unread = (ref, self.step)
+            return False
+        self._read_answer(ref, self.step)
         self.timers["pace_wait"] += time.time() - t0
+        return True
+
+    def _read_answer(self, ref, steps: int) -> None:
+        clock, slowest = ray.get(ref, timeout=self.c.timeout_s + PACE_GRACE_S)
+        self._clock_lead, self._unread = (clock - steps, slowest), None
 
     @property
     def _report_every(self) -> int:
-        """Steps between reports to the pacer: every step for bounds 0 and 1, then every
-        (bound + 1) // 2, so a replica the others wait for reports well within their bound."""
+        """Steps between reports to the pacer while well ahead: every step for bounds 0 and 1,
+        then every (bound + 1) // 2, so a replica the others wait for reports within their bound."""
         return max(1, (self.c.ssp_bound + 1) // 2)
 
     def _settle(self) -> None:

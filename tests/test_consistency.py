@@ -251,6 +251,15 @@ def test_clock_table_counts_what_went_on():
     assert (table.max_gap, table.violations) == (3, 1)
 
 
+def test_clock_table_started_holds_a_late_replica_and_a_retired_one_stays_out():
+    table = ClockTable(bound=1)
+    table.start(2)
+    assert not table.may_go(table.report(0, 2))  # replica 1 has not reported: it is at 0
+    table.retire(1)
+    table.report(1, 5)  # a report that arrives after its retirement
+    assert table.slowest() == 2 and table.may_go(table.report(0, 3))
+
+
 def test_adaptive_dcasgd_state_survives_a_checkpoint():
     spec = "dcasgd:lambda=2,adaptive=1"
     a = shard("async", transform=spec)

@@ -80,6 +80,14 @@ def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, boun
         assert all(seen[q] >= c - bound for q in range(3) if q != r["replica"]), (r, dict(seen))
         seen[r["replica"]] += 1
     assert sum(seen.values()) == 3 * 12
+    # Ho et al.'s read guarantee: the parameters a replica's step c computed on (the version it
+    # fetched) hold every other replica's updates of steps 0 .. c - bound - 1
+    applied = {q: sorted(r["applied"] for r in pushes if r["replica"] == q) for q in range(3)}
+    for q, versions in applied.items():
+        for c, r in enumerate(sorted((r for r in pushes if r["replica"] == q), key=lambda r: r["applied"])):
+            for other in set(applied) - {q}:
+                held = sum(v < r["fetched"] for v in applied[other])
+                assert held >= min(c - bound, 12), (q, c, other, r["fetched"], applied[other])
     reads_back(path, capsys)
 
 

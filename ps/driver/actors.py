@@ -123,7 +123,7 @@ class Fleet:
         mode = self.p.consistency
         if mode.mode == "ssp":
             self.pacer = ray.remote(Pacer).options(
-                num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(mode.bound)
+                num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(mode.bound, c.replicas)
         data = self.p.dataset
         self._train = ray.put(data.train_images), ray.put(data.train_labels)
         self.replicas = [self._new_replica(r, replica_room.options(r), parts and parts[r], total_steps)

@@ -21,9 +21,19 @@ class ClockTable:
         self.waits = 0           # times a replica had to wait
         self.violations = 0      # times a replica went on more than `bound` ahead (must stay 0)
         self.max_gap = 0         # largest clock gap any replica went on with
+        self.retired: set[int] = set()
+
+    def start(self, replicas: int) -> None:
+        """Replicas 0..replicas-1 at clock 0 before anyone reports: one that starts late still
+        holds the others back (instead of joining at their clock)."""
+        self.clocks.update({r: 0 for r in range(replicas)})
+        self.offsets.update({r: 0 for r in range(replicas)})
 
     def report(self, replica: int, steps: int) -> int:
-        """`replica` has done `steps` of its own steps; returns its clock."""
+        """`replica` has done `steps` of its own steps; returns its clock. A report that comes
+        after its replica was retired does not bring it back."""
+        if replica in self.retired:
+            return self.offsets.get(replica, 0) + steps
         if replica not in self.offsets:
             self.offsets[replica] = self.slowest() if self.clocks else 0
         # reports of one replica may be served out of order: a clock never goes back
@@ -46,6 +56,7 @@ class ClockTable:
 
     def retire(self, replica: int) -> None:
         self.clocks.pop(replica, None)
+        self.retired.add(replica)
 
     def stats(self) -> dict:
         return {"bound": self.bound, "waits": self.waits, "violations": self.violations,
@@ -55,8 +66,9 @@ class ClockTable:
 class Pacer:
     """Ray actor (asyncio): `ready` reports a replica's steps and returns once it may go on."""
 
-    def __init__(self, bound: int):
+    def __init__(self, bound: int, replicas: int):
         self.table = ClockTable(bound)
+        self.table.start(replicas)
         self._moved = asyncio.Condition()
 
     async def ready(self, replica: int, steps: int, timeout_s: float) -> tuple[int, int]:
@@ -64,6 +76,8 @@ class Pacer:
         next step; raises TimeoutError after `timeout_s`."""
         async with self._moved:
             clock = self.table.report(replica, steps)
+            if replica in self.table.retired:  # a report overtaken by its replica's retirement
+                return clock, clock
             self._moved.notify_all()
             if not self.table.may_go(clock):
                 self.table.waits += 1

@@ -51,6 +51,8 @@ class ShardClient(abc.ABC):
     (`start_fetch`, `_landed`, `_replies`, `_send_push`, `_results`); the bookkeeping of push
     rounds and their counts lives here, so every transport counts the same way."""
 
+    reads_at_install = False  # True: a fetch copies the values when installed, not when started
+
     def __init__(self, plan: ShardPlan):
         self.plan = plan
         self.counts = collections.Counter()  # pushes, rejected: over settled rounds, per shard

@@ -11,7 +11,6 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-import ray
 import torch
 
 from ps.common import schema
@@ -24,11 +23,10 @@ from replicas.flat import FlatParams
 from replicas.gradient import backward
 from replicas.local_steps import LocalSteps
 from replicas.models import build_model
+from replicas.pacing import make_pacing
 from replicas.prefetch import JustInTime, ScheduledFetch
 from replicas.shm_client import ShmShardClient
 from sharding import ShardPlan
-
-PACE_GRACE_S = 5.0  # beyond the pacer's own timeout, for its answer to arrive
 
 
 def choose_device(name: str) -> torch.device:
@@ -54,7 +52,8 @@ class ModelReplica:
                  pacer=None):
         """`directory`: the job's controller, where a recreated shard is found (and `incarnations`
         of the `shards` given); `shm`: the run's shared-memory segments, when it has them;
-        `client` replaces both transports (tests); `pacer`: the SSP pacer's actor handle."""
+        `client` replaces both transports (tests); `pacer`: for SSP, the pacer actor's handle or the
+        path of the job's shared clock table (replicas.pacing)."""
         self.id = replica_id
         self.c = config
         self.plan = plan
@@ -84,9 +83,7 @@ class ModelReplica:
         self.jit, self._last_compute_s = JustInTime(), 0.0
         self._loss: Optional[torch.Tensor] = None  # of the last step
         self.timers = collections.Counter()  # seconds: compute, fetch_wait, push_wait, pace_wait
-        # ssp: the pacer; (my clock - my steps, the slowest clock) of its last answer read; the
-        # (answer, my steps) of the last report not waited for
-        self.pacer, self._clock_lead, self._unread = pacer, None, None
+        self._pacer, self.pacing = pacer, None  # ssp: where the clocks are; how it is paced
         self._outer = LocalSteps(self.flat, config.local_lr, config.local_optimizer) \
             if config.local_steps else None  # async local SGD
         # an injected step time (stragglers on demand): drawn per replica, slept after each compute
@@ -100,16 +97,17 @@ class ModelReplica:
         self._started = True
         try:
             self.client = self.client or self._connect()
+            if self._pacer is not None:
+                self.pacing = make_pacing(self._pacer, self.id, self.c.ssp_bound, self.c.timeout_s)
             self._loop()
-            while self.client.inflight:
-                self._settle()
+            self._settle_all()
         finally:
             with self._lock:
                 self._ended, self.t_end = True, time.time()
             if isinstance(self.client, ShmShardClient):
                 self.client.close()
-            if self.pacer is not None:  # a finished replica holds no one back
-                self.pacer.retire.remote(self.id)
+            if self.pacing is not None:  # a finished replica holds no one back
+                self.pacing.retire()
         return {"replica": self.id, "steps": self.step, "samples": self.step * self.c.batch_size,
                 "part": list(self.part), "t_first": self.t_first, "t_last": self.t_end,
                 "loss": None if self._loss is None else float(self._loss),
@@ -140,7 +138,7 @@ class ModelReplica:
         fetch, pushed_from, pushed_on, got = client.start_fetch(), None, None, None
         while (total := self._steps_to_run()) is not None:  # `reassign` may move the end
             step = self.step
-            if self.pacer is not None and self._pace():
+            if self.pacing is not None and self._pace():
                 fetch = None  # fetched before the wait: it may lack updates the bound promises
             if step % c.n_fetch == 0:
                 got = self._install(fetch or client.start_fetch(), newer_than=pushed_on)
@@ -268,42 +266,16 @@ class ModelReplica:
 
     def _pace(self) -> bool:
         """SSP, before each step: waits while this step would start more than the bound ahead of
-        the slowest replica's clock; True if it waited. A replica's clock counts its steps once
-        every shard acknowledged their pushes, and the parameters a step computes on must hold
-        every update up to the slowest clock that let it go. So the check uses only the pacer's
-        answers read before the parameters in hand were fetched (those of earlier steps); one
-        that has come since is read for the next step. Within the bound the replica goes on
-        without a call. It reports its clock every step while near the slowest (the others may
-        be waiting for it), else every `_report_every` steps: a clock the pacer hears late only
-        makes others wait longer, never lets one past the bound. Beyond the bound it reports and
-        waits for the answer, and the caller fetches anew."""
-        lead = None if self._clock_lead is None else \
-            self._clock_lead[0] + self.step - self._clock_lead[1]
-        if self._unread is not None and ray.wait([self._unread[0]], timeout=0)[0]:
-            self._read_answer(*self._unread)
-        within = lead is not None and lead <= self.c.ssp_bound
-        if within and lead >= self._report_every and self.step % self._report_every:
-            return False
+        the slowest replica (replicas.pacing); True if the caller must fetch anew."""
         t0 = time.time()
+        refetch = self.pacing.pace(self.step, self._settle_all, self.client.reads_at_install)
+        if refetch:
+            self.timers["pace_wait"] += time.time() - t0
+        return refetch
+
+    def _settle_all(self) -> None:
         while self.client.inflight:
             self._settle()
-        ref = self.pacer.ready.remote(self.id, self.step, self.c.timeout_s)
-        if within:
-            self._unread = (ref, self.step)
-            return False
-        self._read_answer(ref, self.step)
-        self.timers["pace_wait"] += time.time() - t0
-        return True
-
-    def _read_answer(self, ref, steps: int) -> None:
-        clock, slowest = ray.get(ref, timeout=self.c.timeout_s + PACE_GRACE_S)
-        self._clock_lead, self._unread = (clock - steps, slowest), None
-
-    @property
-    def _report_every(self) -> int:
-        """Steps between reports to the pacer while well ahead: every step for bounds 0 and 1,
-        then every (bound + 1) // 2, so a replica the others wait for reports within their bound."""
-        return max(1, (self.c.ssp_bound + 1) // 2)
 
     def _settle(self) -> None:
         t0 = time.time()

@@ -35,6 +35,8 @@ BACKSTOP_S = 0.005   # longest sleep without a wake-up (see ps.common.shm on the
 
 
 class ShmShardClient(ShardClient):
+    reads_at_install = True
+
     def __init__(self, plan: ShardPlan, names: ShmNames, replica_id: int, shards: Sequence,
                  depth: int, timeout_s: float, directory=None,
                  incarnations: Optional[Sequence[int]] = None):

@@ -65,13 +65,16 @@ def test_backup_never_applies_a_late_gradient(ray_session, tmp_path, capsys):
     reads_back(path, capsys)
 
 
-@pytest.mark.parametrize("bound", [0, 2, 4])  # 4: reports every other step
-def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, bound, capsys):
+@pytest.mark.parametrize("bound, transport", [(0, "auto"), (2, "auto"), (4, "auto"), (0, "ray"),
+                                              (4, "ray")])  # the actor reports every other step at 4
+def test_ssp_never_lets_a_replica_run_past_its_bound(ray_session, tmp_path, bound, transport, capsys):
     path, summary, pushes = run(tmp_path, f"ssp{bound}", consistency=f"ssp:bound={bound}", steps=12,
-                                replicas=3, shards=1)
+                                replicas=3, shards=1, transport=transport)
     assert summary["status"] == "completed"
     ssp = summary["consistency"]["ssp"]
     assert ssp["violations"] == 0 and ssp["max_gap"] <= bound
+    # one machine with shared memory: the clocks are in it; Ray calls: in the pacer actor
+    assert ssp["clock_table"] == {"auto": "shm", "ray": "actor"}[transport]
     # from the log alone: when a replica's push of its step c lands, every other replica's
     # pushes of steps 0 .. c - bound - 1 have landed before it
     seen = collections.Counter()

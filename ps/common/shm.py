@@ -10,6 +10,8 @@ actors ended, and a driver that starts removes those of drivers no longer alive:
   which replica, which slot, which ticket, the fetched version and the incarnation.
 - `<prefix>-r<R>.slots`: replica R's gradient slots, `depth` per shard, each with a result the
   shard fills in (GradSlots); `<prefix>-r<R>.sock` is where shards say a result is in.
+- `<prefix>-ssp.clocks`: the SSP replicas' clocks, when the whole job is on one machine
+  (ps/common/shm_clocks.py).
 
 Ordering: the boards' sequence words and the slots' done words rely on stores (and loads) not being
 reordered across numpy calls, which the x86-64 memory model guarantees; `--transport auto` uses
@@ -39,7 +41,7 @@ ENV_DIR = "DOWNPOUR_SHM_DIR"
 DEFAULT_DIR = "/dev/shm"
 PREFIX = "downpour-"
 ALIGN = 64                     # bytes: every array starts on a cache line
-MAGIC_BOARD, MAGIC_SLOTS = 0x64705F626F617264, 0x64705F736C6F7473
+MAGIC_BOARD, MAGIC_SLOTS, MAGIC_CLOCKS = 0x64705F626F617264, 0x64705F736C6F7473, 0x64705F636C6F636B
 MAX_SOCKET_PATH = 107          # bytes in sockaddr_un.sun_path, less the terminating NUL
 DOORBELL = struct.Struct("<qqqqq")  # replica, slot, ticket, fetched version, incarnation
 REASON_BYTES = 192
@@ -94,6 +96,9 @@ class ShmNames:
 
     def mailbox(self, replica: int) -> str:
         return self._path(f"r{replica}.sock")
+
+    def clocks(self) -> str:
+        return self._path("ssp.clocks")
 
     def files(self) -> list[str]:
         """Every file of this run that exists now."""

@@ -23,9 +23,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ps.common.config import replica_settings
 from ps.common.errors import UserError
+from ps.common.shm import ShmError
+from ps.common.shm_clocks import ClockBoard
 from ps.driver import ray_session as cluster
 from ps.driver.controller import NAMESPACE, JobController
-from ps.driver.placement import Placement
+from ps.driver.placement import Placement, live_nodes
 from ps.driver.prepare import Prepared
 from ps.server.pacer import Pacer
 from ps.server.shard import ParameterShard
@@ -99,7 +101,9 @@ class Fleet:
         self.p, self.c, self.place = prepared, prepared.config, place
         self.name, self.run_dir = name, run_dir
         self.shards, self.replicas, self.evaluator, self.controller = [], [], None, None
-        self.pacer = None  # ssp: the replicas' clocks
+        # ssp: where the replicas' clocks are (what replicas are given): the pacer actor, or the
+        # path of the shared clock table, which this driver also holds
+        self.pacer, self._clocks = None, None
         self.reservations: list[Reservation] = list(rooms)
         self.nodes = {"shards": [], "replicas": []}  # Ray node id of each actor, for the summary
         self.incarnations = [0] * self.c.shards
@@ -122,8 +126,7 @@ class Fleet:
                        for s, piece in enumerate(self.p.plan.split(self.p.initial))]
         mode = self.p.consistency
         if mode.mode == "ssp":
-            self.pacer = ray.remote(Pacer).options(
-                num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(mode.bound, c.replicas)
+            self._start_pacer(mode.bound)
         data = self.p.dataset
         self._train = ray.put(data.train_images), ray.put(data.train_labels)
         self.replicas = [self._new_replica(r, replica_room.options(r), parts and parts[r], total_steps)
@@ -132,7 +135,7 @@ class Fleet:
             num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(
             c.model, c.seed, self.p.plan, self.shards, data.test_images, data.test_labels, c.timeout_s)
         self._wait_ready(self.shards + self.replicas + [self.evaluator, self.controller] +
-                         ([self.pacer] if self.pacer else []))
+                         self._pacer_actor())
         self.nodes = {"driver": ray.get_runtime_context().get_node_id(),
                       "shards": _node_ids(self.shards), "replicas": _node_ids(self.replicas)}
 
@@ -189,10 +192,48 @@ class Fleet:
             ray.wait([s.close.remote() for s in self.shards], num_returns=len(self.shards),
                      timeout=CLOSE_WAIT_S)
         for actor in self.shards + self.replicas + [
-                a for a in (self.evaluator, self.controller, self.pacer) if a]:
+                a for a in (self.evaluator, self.controller) if a] + self._pacer_actor():
             ray.kill(actor)
         for room in self.reservations:
             room.release()
+        if self._clocks is not None:  # its file goes with the run's others (ps.driver.train)
+            self._clocks.close()
+
+    def _start_pacer(self, bound: int) -> None:
+        """SSP's clocks: in shared memory when the job has it and the cluster is one machine (a
+        report is then a store, not a Ray call), else in the pacer actor."""
+        if self.p.shm is not None and len(live_nodes()) == 1:
+            try:
+                self._clocks = ClockBoard.create(self.p.shm.clocks(), bound, self.c.replicas)
+                self.pacer = self._clocks.segment.path
+                return
+            except ShmError:
+                pass  # no room for a few hundred KB: the actor keeps the clocks instead
+        self.pacer = ray.remote(Pacer).options(
+            num_cpus=0, scheduling_strategy=cluster.on_this_node()).remote(bound, self.c.replicas)
+
+    def _pacer_actor(self) -> list:
+        return [self.pacer] if self.pacer is not None and self._clocks is None else []
+
+    def pacer_stats(self) -> Optional[dict]:
+        """SSP: the bound, waits, violations and max_gap over the job's replicas, and where the
+        clocks were kept (clock_table: shm or actor); None otherwise (or when the actor cannot
+        answer)."""
+        if self._clocks is not None:
+            return {**self._clocks.stats(), "clock_table": "shm"}
+        if self.pacer is None:
+            return None
+        try:
+            return {**ray.get(self.pacer.stats.remote(), timeout=self.c.timeout_s), "clock_table": "actor"}
+        except ray.exceptions.RayError:
+            return None
+
+    def retire_clock(self, replica: int) -> None:
+        """SSP: a dead replica holds no one back."""
+        if self._clocks is not None:
+            self._clocks.retire(replica)
+        elif self.pacer is not None:
+            self.pacer.retire.remote(replica)
 
     def _new_shard(self, shard_id, piece, options, state=None):
         c = self.c

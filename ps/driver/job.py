@@ -402,13 +402,9 @@ class TrainingJob:
 
     def _consistency_summary(self) -> dict:
         """The mode, what its rounds and pacing did, and the gradient transform's memory."""
-        pacer = None
-        if self.fleet.pacer is not None:
-            try:
-                pacer = ray.get(self.fleet.pacer.stats.remote(), timeout=self.c.timeout_s)
-                pacer.pop("clocks", None)
-            except ray.exceptions.RayError:
-                pacer = None
+        pacer = self.fleet.pacer_stats()
+        if pacer is not None:
+            pacer.pop("clocks", None)
         return consistency_summary(self.prepared.consistency.text, self.stats.shard_stats, pacer,
                                    self.c)
 

@@ -85,8 +85,7 @@ class Recovery:
         row = self.stats.replicas[dead]
         if self.fleet.p.shm is not None:  # a killed replica leaves its slots behind
             self.fleet.p.shm.remove_replica(dead)
-        if self.fleet.pacer is not None:  # ssp: a dead replica holds no one back
-            self.fleet.pacer.retire.remote(dead)
+        self.fleet.retire_clock(dead)  # ssp: a dead replica holds no one back
         received = min(s["pushes_from"].get(dead, 0) for s in shard_stats)
         done = min(row["total_steps"], received * self.n_push)
         owed = row["total_steps"] - done

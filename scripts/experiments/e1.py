@@ -5,6 +5,11 @@ rule (alpha0) and the staleness-dependent one (alpha0 / tau), 3 epochs, 3 seeds,
 alpha0 is the best hardsync learning rate for batch 120 (tuned here, 3 seeds). A side study
 repeats alpha0/tau, and alpha0/<tau>, under a shuffled push order (every round of 30 pushes a
 fresh permutation), whose tau spreads over 0..2n.
+
+Every run is also evaluated each 0.1 epoch, and the event log says what the run's end does: once
+the first learner has finished its part, fewer learners push, tau falls towards 1 and the 1/tau
+factor rises towards 1 (n times its steady value). The notes print the accuracy at the last
+evaluation before the end (2.9 epochs) beside the final one, and what those last pushes carried.
 """
 
 import tempfile
@@ -22,12 +27,16 @@ from experiments.harness import (
     taus,
 )
 
+from ps.common import schema
+from ps.obs.events import read_events
+
 TITLE = "staleness-aware lr rescues high-staleness ASGD (Zhang et al. 2016)"
 LEARNERS, BATCH = 30, 4
 ALPHA0 = 0.02  # E2 uses it; E1 tunes it afresh and says if it moved
 GRID = (0.01, 0.02, 0.05)
 NS = (1, 6, 15, 30)
 RULES = {"alpha0": "constant", "alpha0/tau": "inverse"}
+EVAL_EVERY = 0.1  # epochs: the last evaluation before the end is at epochs - 0.1
 
 
 def run(out_dir: Path, quick: bool = False) -> Result:
@@ -44,15 +53,20 @@ def run(out_dir: Path, quick: bool = False) -> Result:
                               for s in seeds])[0] for a in GRID}
         alpha0 = max(tuned, key=tuned.get)
         acc = {(rule, n): [] for rule in RULES for n in NS}
-        staleness = {}
+        before_end = {n: [] for n in NS}  # alpha0/tau at the last evaluation before the end
+        staleness, tails = {}, {}
         for rule, rule_name in RULES.items():
             for n in NS:
                 for seed in seeds:
                     where = Path(tmp) / f"{rule_name}-n{n}-s{seed}"
                     summary = simulated(where, replicas=LEARNERS, batch_size=BATCH, epochs=epochs,
                                         optimizer="momentum", lr=alpha0, lr_rule=rule_name,
-                                        consistency=f"softsync:n={n}", seed=seed)
+                                        consistency=f"softsync:n={n}", seed=seed,
+                                        eval_every=EVAL_EVERY)
                     acc[rule, n].append(accuracy(summary))
+                    if rule == "alpha0/tau":
+                        before_end[n].append(100.0 * summary["evaluations"][-1]["accuracy"])
+                        tails[n, seed] = tail(where)
                     if rule == "alpha0/tau" and seed == seeds[0]:
                         staleness[n] = taus(where)
         shuffled = {(rule, n): accuracy(sim(lr=alpha0, lr_rule=rule, consistency=f"softsync:n={n}",
@@ -60,7 +74,9 @@ def run(out_dir: Path, quick: bool = False) -> Result:
                     for rule in ("inverse", "inverse_mean") for n in NS}
     result = judge(acc, staleness, seeds, epochs, out_dir)
     result.figures.update({"hardsync_tuning": tuned, "alpha0": alpha0,
-                           "shuffled_order": {f"{r} n={n}": a for (r, n), a in shuffled.items()}})
+                           "shuffled_order": {f"{r} n={n}": a for (r, n), a in shuffled.items()},
+                           "alpha0/tau_before_end": {f"n={n}": v for n, v in before_end.items()},
+                           "alpha0/tau_tail": {f"n={n} seed={s}": t for (n, s), t in tails.items()}})
     result.notes.append(f"alpha0 = {alpha0:g}: the best hardsync (batch 120, momentum 0.9) of "
                         + ", ".join(f"{a:g} -> {v:.2f}%" for a, v in tuned.items()))
     result.notes.append("side study, shuffled push order (tau spread over 0..2n), seed "
@@ -68,7 +84,38 @@ def run(out_dir: Path, quick: bool = False) -> Result:
                             f"n={n} {shuffled['inverse', n]:.2f}%" for n in NS)
                         + "; alpha0/<tau> " + ", ".join(
                             f"n={n} {shuffled['inverse_mean', n]:.2f}%" for n in NS))
+    result.notes.append(end_note(before_end, tails, epochs))
     return result
+
+
+def tail(run_dir: Path) -> dict:
+    """The accepted pushes after the first learner finished its part: how many, their smallest
+    tau, and the sum of their rule factors against the same count at the steady mean factor."""
+    pushes = [r for r in read_events(run_dir / schema.LOG_NAME)
+              if r.get("kind") == "push" and r["accepted"]]
+    last = {}
+    for i, r in enumerate(pushes):
+        last[r["replica"]] = i
+    first_done = min(last.values())
+    steady = float(np.mean([r["scale"] for r in pushes[:first_done + 1]]))
+    after = pushes[first_done + 1:]
+    return {"pushes": len(after), "min_tau": min((r["tau"] for r in after), default=None),
+            "factor_sum": float(sum(r["scale"] for r in after)),
+            "steady_factor_sum": steady * len(after)}
+
+
+def end_note(before_end: dict, tails: dict, epochs: int) -> str:
+    """alpha0/tau at the last evaluation before the end against the final accuracy, and what the
+    pushes after the first learner finished carried."""
+    ref = mean_std(before_end[1])[0]
+    gaps = ", ".join(f"n={n} {mean_std(before_end[n])[0] - ref:+.2f}" for n in NS if n != 1)
+    worst = max((key for key in tails if key[0] == NS[-1]), key=lambda k: tails[k]["factor_sum"])
+    t = tails[worst]
+    return (f"alpha0/tau at {epochs - EVAL_EVERY:g} epochs (the last evaluation before the end): "
+            f"1-softsync {ref:.2f}%; {gaps}. After the first learner finished, n={NS[-1]} seed "
+            f"{worst[1]} applied {t['pushes']} pushes down to tau={t['min_tau']}, carrying "
+            f"{t['factor_sum']:.1f} full-rate gradients where the steady factor gives "
+            f"{t['steady_factor_sum']:.1f}")
 
 
 def judge(acc: dict, staleness: dict, seeds, epochs: int, out_dir: Path) -> Result:

@@ -301,6 +301,16 @@ class ModelReplica:
             self.total_steps, self._next_part = total_steps, part
             return True
 
+    def retarget(self, total_steps: int) -> tuple[bool, int]:
+        """--budget job: end after `total_steps` steps in all (after the current step, if it has
+        done that many already). Returns (True, the end) or, when the loop has ended or is ending,
+        (False, the steps it ends with)."""
+        with self._lock:
+            if self._ended or self.stopping or self.step >= self.total_steps:
+                return False, self.step
+            self.total_steps = max(total_steps, self.step)
+            return True, self.total_steps
+
     def stop(self) -> None:
         """Ends `run` after the current step; a partial n_push round is still pushed, and pushes
         in flight still land."""

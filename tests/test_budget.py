@@ -1,6 +1,12 @@
 """The job's step accounting and rescale plans: pure arithmetic, exact."""
 
-from ps.driver.budget import RescalePlan, StepBudget, replace_refused, rescale_plan
+from ps.driver.budget import (
+    RescalePlan,
+    StepBudget,
+    balance,
+    replace_refused,
+    rescale_plan,
+)
 
 
 def test_epochs_budget_counts_whole_batches_of_each_partition():
@@ -39,3 +45,30 @@ def test_updates_left_after_a_rescale_follow_the_new_generation():
     plan = rescale_plan([0, 1], 100, 4, 2)  # 4 replicas, 25 steps each
     assert plan.updates_left(n_push=1) == 100
     assert plan.updates_left(n_push=10) == 3 * 4  # 10 + 10 + a partial 5
+
+
+def row(replica: int, step: int, seconds: float = 1.0) -> dict:
+    """A progress row of a replica that has done `step` steps in `seconds`."""
+    return {"replica": replica, "step": step, "t_first": 100.0, "t_last": 100.0 + seconds}
+
+
+def test_balance_shares_the_steps_left_by_speed_and_exactly():
+    # replica 1 is three times as fast: it gets three quarters of what is left
+    ends = balance([row(0, 10), row(1, 30)], 100)
+    assert ends == {0: 10 + 25, 1: 30 + 75}
+    ends = balance([row(0, 10), row(1, 10), row(2, 10)], 100)  # 33.3 each: one gets the extra step
+    assert sorted(e - 10 for e in ends.values()) == [33, 33, 34] and sum(ends.values()) == 130
+
+
+def test_balance_takes_a_replica_without_a_speed_at_the_others_mean():
+    # replica 2 has not computed yet (a replacement starting): it counts as the mean of 0 and 1
+    ends = balance([row(0, 10), row(1, 30), {"replica": 2, "step": 0, "t_first": None, "t_last": 5.0}], 120)
+    assert ends == {0: 10 + 20, 1: 30 + 60, 2: 40}  # speeds 10, 30 and 20
+    unknown = {"step": 0, "t_first": None, "t_last": 1.0}
+    assert balance([{"replica": 4, **unknown}, {"replica": 7, **unknown}], 9) == {4: 5, 7: 4}
+
+
+def test_balance_with_nothing_left_ends_every_replica_where_it_is():
+    assert balance([row(0, 12), row(1, 40)], 0) == {0: 12, 1: 40}
+    assert balance([row(0, 12), row(1, 40)], -3) == {0: 12, 1: 40}  # overshot: no one goes on
+    assert balance([], 10) == {}

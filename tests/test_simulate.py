@@ -166,6 +166,9 @@ ARGPARSE_ERRORS = ("--order", "--inject-faults")  # refused by the parser: it ex
     (["--inject-faults", "replica:0@1"], ["unrecognized arguments", "--inject-faults"]),
     (["--n-fetch", "2"], ["n_fetch = n_push"]),
     (["--consistency", "softsync:n=9"], ["n=9", "out of range"]),
+    (["--budget", "jobs"], ["budget is 'jobs'", "replica, job"]),
+    (["--consistency", "sync", "--budget", "job"], ["every round waits", "drop --budget job"]),
+    (["--delay", "slow:count=0.5"], ["count=0.5", "whole number"]),
 ])
 
 
@@ -206,6 +209,24 @@ def test_warmstart_lets_learner_0_train_alone_first(tmp_path):
     curve = summary["simulation"]["train_loss"]
     assert 50 <= len(curve) <= 100 and all(np.isfinite(loss) for _, loss in curve)
     assert [e for e, _ in curve] == sorted(e for e, _ in curve)
+
+
+@pytest.mark.parametrize("budget", ["replica", "job"])
+def test_a_job_budget_ends_the_learners_together_and_keeps_the_runs_steps(tmp_path, budget):
+    """Learner 0 is 3 times as slow. With its own share it goes on alone long after the others;
+    sharing the job's steps, no learner starts a round once they ran out, so after the first
+    learner's last push each other one pushes at most once more."""
+    _, summary, records = run(tmp_path, budget, SimSettings(delay="slow:factor=3"), shards=1,
+                              budget=budget)
+    steps = [r["steps"] for r in summary["replica_stats"]]
+    assert sum(steps) == 4 * 20 and summary["updates"] == [80]
+    order = [r["replica"] for r in pushes(records)]
+    first_done = min(max(k for k, q in enumerate(order) if q == i) for i in range(4))
+    after = collections.Counter(order[first_done + 1:])
+    if budget == "job":
+        assert steps[0] < min(steps[1:]) and max(after.values()) <= 1
+    else:
+        assert steps == [20] * 4 and after[0] > 1
 
 
 def test_a_simulation_refuses_what_only_ray_can_do(tmp_path):

@@ -32,6 +32,8 @@ class TrainConfig:
     data_dir: Optional[str] = opt(None, "folder with the four IDX files (else DOWNPOUR_DATA, cache, Debian)")
     epochs: int = opt(3, "passes of each replica over its own partition")
     steps: Optional[int] = opt(None, "steps per replica; overrides epochs when set")
+    budget: str = opt("replica", "how the run's steps are shared: replica (each does its own share "
+                                 "and stops), job (shared by speed: the replicas end together)")
     batch_size: int = opt(32, "samples per replica step")
     optimizer: str = opt("adam", "server optimizer: sgd | momentum | adagrad | adam [:key=value,...]")
     lr: float = opt(0.003, "server learning rate, scaled per push by the lr rule and the schedule")
@@ -112,8 +114,9 @@ _POSITIVE_INTS = ("replicas", "shards", "epochs", "batch_size", "n_fetch", "n_pu
                   "keep_checkpoints")
 TRANSPORTS = ("auto", "ray", "shm")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
+BUDGETS = ("replica", "job")
 _CHOICES = {"device": DEVICES, "placement": ("spread", "pack"), "transport": TRANSPORTS,
-            "local_optimizer": LOCAL_OPTIMIZERS}
+            "local_optimizer": LOCAL_OPTIMIZERS, "budget": BUDGETS}
 # names users bring from other tools: shown as a did-you-mean for an unknown key
 _ALIASES = {"learning_rate": "lr", "num_replicas": "replicas", "workers": "replicas",
             "num_workers": "replicas", "num_shards": "shards", "bs": "batch_size", "batch": "batch_size"}

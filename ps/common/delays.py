@@ -9,6 +9,8 @@ compute, to reproduce stragglers on a machine whose replicas all run alike). Pur
     exp[:mean=S]                           exponential with mean S
     lognormal[:mean=S,sigma=G]             lognormal with mean S (heavy tail for G near 1)
     straggler[:mean=S,jitter=J,p=P,factor=F]  uniform, and F times longer with probability P
+    slow[:mean=S,jitter=J,count=K,factor=F]   uniform, and learners 0..K-1 F times longer at
+                                           every step (slower machines)
     replay:RUN_DIR                         each replica's step times in that run's event log
                                            (simulate only: ps.obs.replay reads the log)
 """
@@ -27,7 +29,8 @@ KINDS = {"constant": {"mean": DEFAULT_MEAN_S},
          "uniform": {"mean": DEFAULT_MEAN_S, "jitter": 0.1},
          "exp": {"mean": DEFAULT_MEAN_S},
          "lognormal": {"mean": DEFAULT_MEAN_S, "sigma": 1.0},
-         "straggler": {"mean": DEFAULT_MEAN_S, "jitter": 0.1, "p": 0.1, "factor": 5.0}}
+         "straggler": {"mean": DEFAULT_MEAN_S, "jitter": 0.1, "p": 0.1, "factor": 5.0},
+         "slow": {"mean": DEFAULT_MEAN_S, "jitter": 0.1, "count": 1, "factor": 3.0}}
 REPLAY = "replay"
 
 
@@ -45,6 +48,7 @@ class DelayModel:
 
     @property
     def mean_s(self) -> float:
+        """The mean step time (for `slow`, of the learners that are not slowed)."""
         if self.replayed is not None:
             return float(np.mean(np.concatenate(self.replayed)))
         p = self.params
@@ -56,6 +60,8 @@ class DelayStream:
         self.model, self.rng = model, rng
         self._replay = model.replayed[learner % len(model.replayed)] if model.replayed else None
         self._next = 0
+        p = model.params
+        self._slowed = model.kind == "slow" and learner < p["count"]
 
     def draw(self) -> float:
         m, p = self.model, self.model.params
@@ -71,7 +77,7 @@ class DelayStream:
             sigma = p["sigma"]
             return float(self.rng.lognormal(math.log(p["mean"]) - sigma * sigma / 2, sigma))
         base = p["mean"] * float(self.rng.uniform(1 - p["jitter"], 1 + p["jitter"]))
-        if m.kind == "straggler" and self.rng.random() < p["p"]:
+        if m.kind == "straggler" and self.rng.random() < p["p"] or self._slowed:
             return base * p["factor"]
         return base
 
@@ -109,6 +115,9 @@ def _check(name: str, p: dict, field_name: str) -> None:
         raise UserError(f"{field_name} '{name}': sigma={p['sigma']:g} must be in (0, 3]")
     if "p" in p and not 0 <= p["p"] <= 1:
         raise UserError(f"{field_name} '{name}': p={p['p']:g} must be in [0, 1]")
+    if "count" in p and not (p["count"] >= 0 and float(p["count"]).is_integer()):
+        raise UserError(f"{field_name} '{name}': count={p['count']:g} must be a whole number of "
+                        "learners, 0 or more")
     if "factor" in p and not p["factor"] >= 1:
         raise UserError(f"{field_name} '{name}': factor={p['factor']:g} must be >= 1")
 

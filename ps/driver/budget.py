@@ -3,7 +3,8 @@ rescale shares out what is left.
 
 An epoch is one pass of every replica over its own partition: `steps_per_epoch` counts the steps
 of all replicas together. The budget is fixed when the job starts (steps or epochs of the replicas
-as started) and stays the same however the job is scaled.
+as started) and stays the same however the job is scaled. How it is shared (--budget): `replica`,
+each replica its own equal share; `job`, the replicas together, by their speeds (`balance`).
 """
 
 from dataclasses import dataclass
@@ -91,3 +92,30 @@ def replace_refused(plan: RescalePlan, refused: list[int], next_id: int) -> Resc
     substitute = {i: next_id + k for k, i in enumerate(refused)}
     members = [substitute.get(i, i) for i in plan.members]
     return RescalePlan(members, plan.drop, plan.new + list(substitute.values()), plan.share)
+
+
+def balance(rows: list[dict], steps_left: int) -> dict[int, int]:
+    """--budget job: each running replica's new end (its total_steps), the steps left shared in
+    proportion to the replicas' speeds so that they finish together. `rows`: progress rows
+    (replica, step, t_first, t_last) of the replicas still training. A replica with no speed yet
+    is taken at the others' mean (or all at one, when none has one)."""
+    speeds = {r["replica"]: _speed(r) for r in rows}
+    known = [s for s in speeds.values() if s]
+    default = sum(known) / len(known) if known else 1.0
+    speeds = {i: s or default for i, s in speeds.items()}
+    left, total = max(0, steps_left), sum(speeds.values())
+    exact = {i: left * s / total for i, s in speeds.items()}
+    shares = {i: int(x) for i, x in exact.items()}
+    # largest remainders first, ties by id: the shares add up to exactly the steps left
+    by_remainder = sorted(exact, key=lambda i: (shares[i] - exact[i], i))
+    for i in by_remainder[:left - sum(shares.values())]:
+        shares[i] += 1
+    return {r["replica"]: r["step"] + shares[r["replica"]] for r in rows}
+
+
+def _speed(row: dict) -> float:
+    """Steps per second over the replica's run so far; 0 when it has none yet."""
+    if not row.get("step") or row.get("t_first") is None:
+        return 0.0
+    span = row["t_last"] - row["t_first"]
+    return row["step"] / span if span > 0 else 0.0

@@ -15,6 +15,7 @@ import ray
 from ps.common import rundir, schema
 from ps.common.faults import FaultInjector, parse_cadence, parse_faults
 from ps.driver.actors import Fleet, Reservation
+from ps.driver.budget import balance
 from ps.driver.checkpoints import Checkpointer
 from ps.driver.divergence import DivergenceAlarm
 from ps.driver.evaluation import EvalScheduler
@@ -198,6 +199,8 @@ class TrainingJob:
         self._drain()
         self._retire_removed()
         steps = self._refresh_progress()
+        if self.c.budget == "job":
+            self._balance(steps)
         self._inject(steps)
         if self.checkpoints.due([s["version"] for s in self.stats.shard_stats if s]):
             self.checkpoints.save(self.fleet.shards)
@@ -225,6 +228,27 @@ class TrainingJob:
                 self.stats.update_replica(row)
                 self._check_loss(row)
         return self._steps_recorded()
+
+    def _balance(self, steps: int) -> None:
+        """--budget job: the steps left, shared among the replicas of this generation still
+        training by their speeds, so that they end together. One whose loop is ending refuses
+        with the steps it ends at, and the others share the rest."""
+        if self._stopping():
+            return
+        ids = [i for i in self._up(self._training()) if i in self.active]
+        rows = [self.stats.replicas[i] for i in ids if i in self.stats.replicas]
+        rows = [r for r in rows if not r.get("final")]
+        together = self.budget.total_steps - steps + sum(r["step"] for r in rows)  # their ends add up to this
+        while rows:
+            ends = balance(rows, together - sum(r["step"] for r in rows))
+            answers = gather([self.fleet.replicas[i].retarget.remote(end) for i, end in ends.items()],
+                             self.c.timeout_s)
+            ending = {r["replica"]: r["step"] if isinstance(a, Exception) else a[1]  # dead: as polled
+                      for r, a in zip(rows, answers) if isinstance(a, Exception) or not a[0]}
+            if not ending:
+                return
+            together -= sum(ending.values())
+            rows = [r for r in rows if r["replica"] not in ending]
 
     def _drain(self) -> None:
         """Moves buffered events from every actor into the log (one small call per actor per poll)

@@ -74,6 +74,9 @@ def check_modes(c: TrainConfig, optimizer: OptimizerSpec) -> Consistency:
     if mode.rounds and c.transport == "shm":
         raise UserError(f"consistency {mode.mode} waits for rounds through Ray calls: use --transport "
                         "auto or ray")
+    if mode.rounds and c.budget == "job":
+        raise UserError(f"consistency {mode.mode} and --budget job: every round waits for every "
+                        "replica, so they end together already; drop --budget job")
     if (mode.rounds or mode.mode == "ssp") and c.pipeline:
         raise UserError(f"consistency {mode.mode} and --pipeline: a paced replica waits for its "
                         "push anyway; drop --pipeline")

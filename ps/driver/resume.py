@@ -32,7 +32,7 @@ RESUMABLE = frozenset({
     "replica_cpus", "shard_cpus", "replica_resources", "shard_resources", "placement", "threads",
     "timeout_s", "eval_every", "metrics", "metrics_port", "tensorboard", "checkpoint_every",
     "keep_checkpoints", "max_replica_restarts", "max_shard_restarts", "divergence_factor", "transport", "pipeline",
-    "inject_faults", "fail_on_rejected"})
+    "inject_faults", "fail_on_rejected", "budget"})
 
 
 JOB_KEYS = ("config", "model", "sharding", "shard_sizes", "steps_done")  # what a set's job.json must hold

@@ -51,11 +51,8 @@ class Engine:
             learner = self.learners[lid]
             learner.push(self.shards, self.incarnations)
             after_push(learner)
-            if learner.done:  # a finished learner holds no one back
-                if self.clocks is not None:
-                    self.clocks.retire(lid)
-                for shard in self.shards:
-                    shard.finished(lid)
+            if learner.done:
+                self._retire(learner)
             waiting, self._waiting = self._waiting, []
             for other in waiting:  # those whose wait this push ended go first, in wait order
                 self._go_or_wait(self.learners[other], on_fetch, waited=True)
@@ -66,7 +63,17 @@ class Engine:
                            "will move (a simulator bug: please report it)")
         return self.now
 
+    def _retire(self, learner: Learner) -> None:
+        """A finished learner holds no one back."""
+        if self.clocks is not None:
+            self.clocks.retire(learner.id)
+        for shard in self.shards:
+            shard.finished(learner.id)
+
     def _go_or_wait(self, learner: Learner, on_fetch, waited: bool = False) -> None:
+        if learner.done:  # a shared quota (--budget job) ran out while it waited
+            self._retire(learner)
+            return
         if not self._may_go(learner):
             if self.clocks is not None and not waited:
                 self.clocks.waits += 1

@@ -23,13 +23,27 @@ from sharding import ShardPlan
 CPU = torch.device("cpu")
 
 
+class Quota:
+    """Steps still to be computed: one per learner (--budget replica), or one the learners share
+    (--budget job: whoever computes next claims them, so every learner ends within a step-round of
+    the others)."""
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    def claim(self, steps: int) -> int:
+        taken = min(steps, self.left)
+        self.left -= taken
+        return taken
+
+
 class Learner:
     def __init__(self, learner_id: int, c, plan: ShardPlan, images: np.ndarray, labels: np.ndarray,
-                 total_steps: int, delays: DelayStream):
+                 quota: Quota, delays: DelayStream):
         """`c`: the job's TrainConfig (n_fetch = n_push, checked by the simulator)."""
         self.id, self.c, self.plan = learner_id, c, plan
         self.images, self.labels = images, labels
-        self.total_steps, self.delays = total_steps, delays
+        self.quota, self.delays = quota, delays
         self.model = build_model(c.model, c.seed)
         self.flat = FlatParams(self.model, CPU)
         self.per_push = c.n_push
@@ -44,7 +58,8 @@ class Learner:
 
     @property
     def done(self) -> bool:
-        return self.steps >= self.total_steps
+        """Nothing left to claim (asked between its push and its next fetch)."""
+        return self.quota.left == 0
 
     def fetch(self, shards: Sequence, t: float) -> dict:
         """Installs every shard's values; returns the fetch record (at simulated time `t`)."""
@@ -59,7 +74,7 @@ class Learner:
     def compute(self) -> float:
         """The steps up to the next push, on the installed parameters; returns how long they take
         in simulated seconds."""
-        steps = min(self.per_push, self.total_steps - self.steps)
+        steps = self.quota.claim(self.per_push)
         took = 0.0
         for _ in range(steps):
             loss = backward(self.model, self.flat, self.images, self.labels, next(self.batches), CPU)

@@ -28,7 +28,7 @@ from ps.obs import events
 from ps.obs.replay import step_times
 from ps.server.shard import ParameterShard
 from ps.sim.engine import ORDERS, Engine
-from ps.sim.learner import Learner
+from ps.sim.learner import Learner, Quota
 from replicas.evaluator import score, write_model
 from replicas.flat import FlatParams
 from replicas.models import build_model
@@ -95,13 +95,14 @@ class Simulation:
             prepared.budget.planned_updates, None, c.event_log, clip_norm=c.clip_norm,
             consistency=mode, replicas=c.replicas, transform=c.gradient_transform)
             for s, piece in enumerate(plan.split(prepared.initial))]
-        data = prepared.dataset
-        steps = prepared.budget.steps_per_replica
-        self.learners = [Learner(i, c, plan, data.train_images, data.train_labels, steps,
-                                 delay.stream(c.seed, i)) for i in range(c.replicas)]
+        data, budget = prepared.dataset, prepared.budget
         # warmstart: learner 0's first steps, alone, on top of its share of the budget
-        warm = round(settings.warmstart * prepared.budget.steps_per_epoch)
-        self.learners[0].total_steps += warm
+        warm = round(settings.warmstart * budget.steps_per_epoch)
+        shared = Quota(budget.total_steps + warm) if c.budget == "job" else None
+        quotas = [shared or Quota(budget.steps_per_replica + (warm if i == 0 else 0))
+                  for i in range(c.replicas)]
+        self.learners = [Learner(i, c, plan, data.train_images, data.train_labels, quotas[i],
+                                 delay.stream(c.seed, i)) for i in range(c.replicas)]
         self.engine = Engine(self.learners, self.shards, mode, settings.order, c.seed, warm)
         # the learners' mean training loss in each 1 % of the run's steps: the summary's curve
         self._loss_bin = max(1, prepared.budget.total_steps // LOSS_POINTS)

@@ -1,15 +1,17 @@
 """E1: a staleness-aware learning rate rescues high-staleness ASGD (Zhang et al. 2016, Fig. 3).
 
 30 learners of batch 4 under n-softsync, n in {1, 6, 15, 30}, PS momentum 0.9, with the constant
-rule (alpha0) and the staleness-dependent one (alpha0 / tau), 3 epochs, 3 seeds, in simulation.
-alpha0 is the best hardsync learning rate for batch 120 (tuned here, 3 seeds). A side study
-repeats alpha0/tau, and alpha0/<tau>, under a shuffled push order (every round of 30 pushes a
-fresh permutation), whose tau spreads over 0..2n.
+rule (alpha0) and the staleness-dependent one (alpha0 / tau), 3 epochs of the data by the job,
+3 seeds, in simulation. alpha0 is the best hardsync learning rate for batch 120 (tuned here,
+3 seeds). The learners share the run's steps (--budget job), so they end together, as learners
+counting a server's epochs do. A side study repeats alpha0/tau, and alpha0/<tau>, under a
+shuffled push order (every round of 30 pushes a fresh permutation), whose tau spreads over 0..2n.
 
-Every run is also evaluated each 0.1 epoch, and the event log says what the run's end does: once
-the first learner has finished its part, fewer learners push, tau falls towards 1 and the 1/tau
-factor rises towards 1 (n times its steady value). The notes print the accuracy at the last
-evaluation before the end (2.9 epochs) beside the final one, and what those last pushes carried.
+A second side study runs alpha0/tau at n = 30 with --budget replica (each learner does its own
+part and stops), evaluated each 0.1 epoch: once the first learner has finished, fewer learners
+push, tau falls towards 1 and the 1/tau factor rises towards 1 (n times its steady value). Its
+note prints the accuracy at the last evaluation before the end beside the final one, and what the
+pushes after the first learner finished carried, in both budgets.
 """
 
 import tempfile
@@ -44,39 +46,42 @@ def run(out_dir: Path, quick: bool = False) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         runs = iter(range(10 ** 6))
 
-        def sim(**config):
-            return simulated(Path(tmp) / f"run{next(runs)}", **{
+        def sim(where=None, **config):
+            return simulated(where or Path(tmp) / f"run{next(runs)}", **{
                 "replicas": LEARNERS, "batch_size": BATCH, "epochs": epochs,
-                "optimizer": "momentum", **config})
+                "optimizer": "momentum", "budget": "job", **config})
 
         tuned = {a: mean_std([accuracy(sim(replicas=1, batch_size=LEARNERS * BATCH, lr=a, seed=s))
                               for s in seeds])[0] for a in GRID}
         alpha0 = max(tuned, key=tuned.get)
         acc = {(rule, n): [] for rule in RULES for n in NS}
-        before_end = {n: [] for n in NS}  # alpha0/tau at the last evaluation before the end
         staleness, tails = {}, {}
         for rule, rule_name in RULES.items():
             for n in NS:
                 for seed in seeds:
                     where = Path(tmp) / f"{rule_name}-n{n}-s{seed}"
-                    summary = simulated(where, replicas=LEARNERS, batch_size=BATCH, epochs=epochs,
-                                        optimizer="momentum", lr=alpha0, lr_rule=rule_name,
-                                        consistency=f"softsync:n={n}", seed=seed,
-                                        eval_every=EVAL_EVERY)
-                    acc[rule, n].append(accuracy(summary))
-                    if rule == "alpha0/tau":
-                        before_end[n].append(100.0 * summary["evaluations"][-1]["accuracy"])
-                        tails[n, seed] = tail(where)
+                    acc[rule, n].append(accuracy(sim(where, lr=alpha0, lr_rule=rule_name,
+                                                     consistency=f"softsync:n={n}", seed=seed)))
+                    if rule == "alpha0/tau" and n == NS[-1]:
+                        tails["job", seed] = tail(where)
                     if rule == "alpha0/tau" and seed == seeds[0]:
                         staleness[n] = taus(where)
         shuffled = {(rule, n): accuracy(sim(lr=alpha0, lr_rule=rule, consistency=f"softsync:n={n}",
                                             seed=seeds[0], order="shuffled", delay="constant"))
                     for rule in ("inverse", "inverse_mean") for n in NS}
+        own_parts = {}  # --budget replica, alpha0/tau at n = 30: (before the end, final) accuracy
+        for seed in seeds:
+            where = Path(tmp) / f"replica-budget-s{seed}"
+            summary = sim(where, lr=alpha0, lr_rule="inverse", consistency=f"softsync:n={NS[-1]}",
+                          seed=seed, budget="replica", eval_every=EVAL_EVERY)
+            own_parts[seed] = (100.0 * summary["evaluations"][-1]["accuracy"], accuracy(summary))
+            tails["replica", seed] = tail(where)
     result = judge(acc, staleness, seeds, epochs, out_dir)
     result.figures.update({"hardsync_tuning": tuned, "alpha0": alpha0,
                            "shuffled_order": {f"{r} n={n}": a for (r, n), a in shuffled.items()},
-                           "alpha0/tau_before_end": {f"n={n}": v for n, v in before_end.items()},
-                           "alpha0/tau_tail": {f"n={n} seed={s}": t for (n, s), t in tails.items()}})
+                           "budget_replica_n30": {f"seed={s}": {"before_end": b, "final": f}
+                                                  for s, (b, f) in own_parts.items()},
+                           "alpha0/tau_n30_tail": {f"{b} seed={s}": t for (b, s), t in tails.items()}})
     result.notes.append(f"alpha0 = {alpha0:g}: the best hardsync (batch 120, momentum 0.9) of "
                         + ", ".join(f"{a:g} -> {v:.2f}%" for a, v in tuned.items()))
     result.notes.append("side study, shuffled push order (tau spread over 0..2n), seed "
@@ -84,7 +89,7 @@ def run(out_dir: Path, quick: bool = False) -> Result:
                             f"n={n} {shuffled['inverse', n]:.2f}%" for n in NS)
                         + "; alpha0/<tau> " + ", ".join(
                             f"n={n} {shuffled['inverse_mean', n]:.2f}%" for n in NS))
-    result.notes.append(end_note(before_end, tails, epochs))
+    result.notes.append(end_note(own_parts, tails, mean_std(acc["alpha0/tau", 1])[0], epochs))
     return result
 
 
@@ -104,18 +109,21 @@ def tail(run_dir: Path) -> dict:
             "steady_factor_sum": steady * len(after)}
 
 
-def end_note(before_end: dict, tails: dict, epochs: int) -> str:
-    """alpha0/tau at the last evaluation before the end against the final accuracy, and what the
-    pushes after the first learner finished carried."""
-    ref = mean_std(before_end[1])[0]
-    gaps = ", ".join(f"n={n} {mean_std(before_end[n])[0] - ref:+.2f}" for n in NS if n != 1)
-    worst = max((key for key in tails if key[0] == NS[-1]), key=lambda k: tails[k]["factor_sum"])
-    t = tails[worst]
-    return (f"alpha0/tau at {epochs - EVAL_EVERY:g} epochs (the last evaluation before the end): "
-            f"1-softsync {ref:.2f}%; {gaps}. After the first learner finished, n={NS[-1]} seed "
-            f"{worst[1]} applied {t['pushes']} pushes down to tau={t['min_tau']}, carrying "
-            f"{t['factor_sum']:.1f} full-rate gradients where the steady factor gives "
-            f"{t['steady_factor_sum']:.1f}")
+def end_note(own_parts: dict, tails: dict, ref: float, epochs: int) -> str:
+    """Side study: alpha0/tau at n = 30 when each learner does its own part (--budget replica),
+    before its end and at it, against 1-softsync (`ref`); and what the pushes after the first
+    learner finished carried, in both budgets."""
+    before, final = (mean_std([v[k] for v in own_parts.values()])[0] for k in (0, 1))
+
+    def carried(budget: str) -> str:
+        worst = max((k for k in tails if k[0] == budget), key=lambda k: tails[k]["factor_sum"])
+        t = tails[worst]
+        return (f"{t['pushes']} pushes down to tau={t['min_tau']} carried {t['factor_sum']:.1f} "
+                f"full-rate gradients (steady factor: {t['steady_factor_sum']:.1f}, seed {worst[1]})")
+    return (f"side study, --budget replica (each learner its own part), alpha0/tau n={NS[-1]}: "
+            f"{before - ref:+.2f} against 1-softsync at {epochs - EVAL_EVERY:g} epochs, "
+            f"{final - ref:+.2f} at the end; after the first learner finished, "
+            f"{carried('replica')}; with --budget job, {carried('job')}")
 
 
 def judge(acc: dict, staleness: dict, seeds, epochs: int, out_dir: Path) -> Result:

@@ -3,8 +3,8 @@
 30 learners of batch 4 under n-softsync, n in {1, 6, 15, 30}, PS momentum 0.9, with the constant
 rule (alpha0) and the staleness-dependent one (alpha0 / tau), 3 epochs of the data by the job,
 3 seeds, in simulation. alpha0 is the best hardsync learning rate for batch 120 (tuned here,
-3 seeds). The learners share the run's steps (--budget job), so they end together, as learners
-counting a server's epochs do. A side study repeats alpha0/tau, and alpha0/<tau>, under a
+3 seeds). The learners share the run's steps (--budget job, the harness's), so they end
+together, as learners counting a server's epochs do. A side study repeats alpha0/tau, and alpha0/<tau>, under a
 shuffled push order (every round of 30 pushes a fresh permutation), whose tau spreads over 0..2n.
 
 A second side study runs alpha0/tau at n = 30 with --budget replica (each learner does its own
@@ -49,7 +49,7 @@ def run(out_dir: Path, quick: bool = False) -> Result:
         def sim(where=None, **config):
             return simulated(where or Path(tmp) / f"run{next(runs)}", **{
                 "replicas": LEARNERS, "batch_size": BATCH, "epochs": epochs,
-                "optimizer": "momentum", "budget": "job", **config})
+                "optimizer": "momentum", **config})
 
         tuned = {a: mean_std([accuracy(sim(replicas=1, batch_size=LEARNERS * BATCH, lr=a, seed=s))
                               for s in seeds])[0] for a in GRID}

@@ -1,7 +1,7 @@
 """E3: Downpour SGD: Adagrad on the PS, warmstart, n_fetch / n_push (Dean et al. 2012).
 
 Pure Downpour (c = 1, n_fetch = n_push = 1) with lambda in {16, 30} learners of batch 8, 3 epochs,
-3 seeds, in simulation (shuffled push order). PS optimizer: fixed eta in {0.5, 1, 2} x the best
+3 seeds, in simulation (the harness's step times and job budget). PS optimizer: fixed eta in {0.5, 1, 2} x the best
 hardsync eta (tuned here on batch lambda x 8), or Adagrad with gamma in {0.003, 0.01, 0.03}; at
 lambda = 30 each with and without warmstart (learner 0 alone for the first 0.25 epoch). Second
 sweep: n_fetch = n_push in {1, 4, 16} with the client's local steps (local_lr = eta).

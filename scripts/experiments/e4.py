@@ -1,7 +1,7 @@
 """E4: DC-ASGD against ASGD and SSGD (Zheng et al. 2017, Table 1 analogue).
 
 M learners of batch 32, plain SGD at eta = 0.2 on the PS, 2 epochs, 5 seeds, in simulation (pure
-async: a shuffled push order, so tau is about M - 1). Methods: sequential SGD (one learner),
+async: the harness's step times, so tau is about M - 1). Methods: sequential SGD (one learner),
 ASGD, SSGD (sync, batch M x 32, same eta), DC-ASGD constant (lambda0 = 0.04) and adaptive
 (lambda0 = 2, m = 0.95, eps = 1e-7), and an adaptive sweep lambda0 in {0.5, 2, 8} at M = 8.
 """

@@ -1,7 +1,7 @@
 """E7: asynchrony acts as implicit momentum (Mitliagkas et al. 2016).
 
 Pure async (c = 1) with M in {1, 4, 16} learners of batch 32, eta = 0.02, explicit PS momentum in
-{0, 0.5, 0.9}, 2 epochs, 3 seeds, in simulation (shuffled push order: tau about M - 1).
+{0, 0.5, 0.9}, 2 epochs, 3 seeds, in simulation (the harness's step times: tau about M - 1).
 """
 
 import tempfile

@@ -90,6 +90,13 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
 # The simulated experiments' step-time model: every learner's step takes 10 ms +- 10 %, as equal
 # machines do, so tau gathers near its mean as Zhang et al.'s measured distributions (Fig. 1) do.
 DELAY, ORDER = "uniform:mean=0.01,jitter=0.1", "delay"
+ROUND_MODES = ("sync", "backup")  # their rounds end the learners together; --budget job is refused
+
+
+def job_budget(consistency: str) -> str:
+    """The learners share the run's steps (--budget job) and end together, as learners counting a
+    server's epochs do; the round modes keep the default, which ends them together already."""
+    return "replica" if consistency.split(":")[0] in ROUND_MODES else "job"
 
 
 def simulated(run_dir: Path, delay: str = DELAY, order: str = ORDER, warmstart: float = 0.0,
@@ -100,7 +107,8 @@ def simulated(run_dir: Path, delay: str = DELAY, order: str = ORDER, warmstart: 
     from ps.common.config import TrainConfig
     from ps.sim.run import SimSettings, simulate
     base = {"model": "mlp128", "eval_every": 0.0, "lr_schedule": "constant", "optimizer": "sgd",
-            "lr_rule": "constant", "shards": 1, "divergence_factor": 0.0}
+            "lr_rule": "constant", "shards": 1, "divergence_factor": 0.0,
+            "budget": job_budget(config.get("consistency", "async"))}
     c = TrainConfig(**{**base, **config, "run_dir": str(run_dir)})
     _, summary = simulate(c, SimSettings(delay=delay, order=order, warmstart=warmstart),
                           out=io.StringIO())

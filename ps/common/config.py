@@ -30,7 +30,8 @@ class TrainConfig:
     model: str = opt("cnn", "mlp | cnn | package.module:factory")
     dataset: str = opt("fashion-mnist", "fashion-mnist | synthetic")
     data_dir: Optional[str] = opt(None, "folder with the four IDX files (else DOWNPOUR_DATA, cache, Debian)")
-    epochs: int = opt(3, "passes of each replica over its own partition")
+    epochs: int = opt(3, "passes of each replica over its own partition (--budget job: of the "
+                         "replicas together over the data)")
     steps: Optional[int] = opt(None, "steps per replica; overrides epochs when set")
     budget: str = opt("replica", "how the run's steps are shared: replica (each does its own share "
                                  "and stops), job (shared by speed: the replicas end together)")

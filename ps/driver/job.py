@@ -238,7 +238,7 @@ class TrainingJob:
         ids = [i for i in self._up(self._training()) if i in self.active]
         rows = [self.stats.replicas[i] for i in ids if i in self.stats.replicas]
         rows = [r for r in rows if not r.get("final")]
-        together = self.budget.total_steps - steps + sum(r["step"] for r in rows)  # their ends add up to this
+        together = self.budget.total_steps - steps + sum(r["step"] for r in rows)  # their ends' sum
         while rows:
             ends = balance(rows, together - sum(r["step"] for r in rows))
             answers = gather([self.fleet.replicas[i].retarget.remote(end) for i, end in ends.items()],

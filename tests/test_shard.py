@@ -6,6 +6,7 @@ import torch
 
 from ps.common.errors import UserError
 from ps.server.optimizers import OPTIMIZERS, parse_optimizer
+from ps.server.schedules import cosine
 from ps.server.shard import ParameterShard
 
 SIZE = 257
@@ -55,6 +56,40 @@ def test_shard_at_tau_zero_matches_torch_optim_step_for_step(name):
         ref.grad = torch.tensor(g)
         opt.step()
         np.testing.assert_array_equal(shard.pull()[1], ref.detach().numpy())
+
+
+def test_plain_sgd_with_staleness_factors_and_a_schedule_matches_torch_bitwise():
+    """Plain SGD steps without the guard's copy while its bound allows: still torch's step, with
+    the factor on the gradient and the schedule on the rate."""
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal(SIZE).astype(np.float32)
+    shard = ParameterShard(0, w0, parse_optimizer("sgd"), 0.05, "inverse", "cosine", 40)
+    ref = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.SGD([ref], lr=0.05)
+    for k in range(40):
+        g = rng.standard_normal(SIZE).astype(np.float32)
+        result = shard.push(g, max(0, shard.version - k % 4), replica_id=0)  # tau 0..3
+        assert result.accepted and result.scale == 1 / max(1, result.tau)
+        ref.grad = torch.tensor(g * np.float32(result.scale) if result.scale != 1 else g)
+        opt.param_groups[0]["lr"] = 0.05 * cosine(k / 40) * 1.0
+        opt.step()
+        assert shard.pull()[1].tobytes() == ref.detach().numpy().tobytes(), k
+
+
+@pytest.mark.parametrize("start", [1e36, 3e38])
+def test_plain_sgd_still_rejects_an_overflowing_update(start):
+    """Values near float32's end: at 3e38 no step goes unguarded; at 1e36 the first steps do,
+    then a push whose update would overflow must still be caught and leave nothing changed."""
+    shard = make_shard("sgd", lr=1.0, initial=np.full(SIZE, start, np.float32))
+    for _ in range(3):
+        assert shard.push(np.full(SIZE, 1e30, np.float32), shard.version, 0).accepted
+    version, before = snapshot(shard)
+    huge = np.zeros(SIZE, np.float32)
+    huge[0] = -3.4e38  # start + 3.4e38 is past float32's 3.40e38
+    result = shard.push(huge, shard.version, 0)
+    assert not result.accepted and result.reason.startswith("overflow")
+    after_version, after = shard.pull()
+    assert after_version == version and after.tobytes() == before.tobytes()
 
 
 def test_inverse_rule_scales_the_step_by_one_over_tau():

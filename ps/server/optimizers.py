@@ -9,6 +9,7 @@ change its local steps made (sign as a gradient: old - new), and the server step
 """
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,6 +76,10 @@ class DelayedNesterov(torch.optim.Optimizer):
         s.zero_()
         count.zero_()
 
+
+# Plain SGD steps without the guard while max |param| + the update's bound stays below this: far
+# under float32's 3.4e38, so float32 rounding of the update cannot reach it either.
+SAFE_MAGNITUDE = 1e37
 
 # name -> (torch.optim class, fixed keyword defaults, parameters a user may set)
 _OPTIMIZERS = {
@@ -149,17 +154,25 @@ class ServerOptimizer:
         # its own staleness (Zhang et al.'s per-gradient rate); adaptive optimizers would
         # normalise a scaled gradient away, so they scale the step's rate instead.
         self.scales_gradient = issubclass(cls, (torch.optim.SGD, DelayedNesterov))
+        # Plain SGD's update is param - lr * grad, and |param| can only grow by lr * |grad|: with
+        # a bound on max |param| carried from step to step, an update that provably stays finite
+        # needs neither the guard's copy nor its check (nor torch.optim's bookkeeping around
+        # that one add_, which is what torch's SGD does without momentum or weight decay).
+        self._plain_sgd = spec.name == "sgd" and not kwargs.get("weight_decay")
+        self._bound: Optional[float] = None  # >= max |param| while known (plain SGD only)
 
     @property
     def values(self) -> np.ndarray:
         return self.param.detach().numpy()
 
-    def step(self, grad: np.ndarray, factor: float, schedule: float = 1.0) -> bool:
+    def step(self, grad: np.ndarray, factor: float, schedule: float = 1.0,
+             grad_norm: Optional[float] = None) -> bool:
         """One update from `grad` (read, never kept) with a push's staleness `factor` and the lr
         schedule's: update(param, factor * grad) at lr * schedule for the SGD family,
         update(param, grad) at lr * factor * schedule for the adaptive ones. Returns False,
         leaving the parameters and the state bitwise as they were, when the update would make
-        any of them non-finite (a finite gradient times a huge learning rate)."""
+        any of them non-finite (a finite gradient times a huge learning rate). `grad_norm`: the
+        gradient's L2 norm, when the caller knows it (plain SGD then skips the guard if it can)."""
         by_gradient = self.scales_gradient and factor != 1.0
         if grad.flags.writeable and not by_gradient:  # a shared-memory slot: read in place
             self.param.grad = torch.from_numpy(grad)  # (these optimizers only read it)
@@ -169,7 +182,14 @@ class ServerOptimizer:
                 np.multiply(grad, np.float32(factor), out=self._grad.numpy())
             else:
                 self._grad.numpy()[:] = grad
-        self.optim.param_groups[0]["lr"] = self.lr * schedule * (1.0 if self.scales_gradient else factor)
+        lr = self.lr * schedule * (1.0 if self.scales_gradient else factor)
+        if self._plain_sgd and grad_norm is not None and self._stays_finite(lr * factor * grad_norm):
+            with torch.no_grad():
+                self.param.add_(self.param.grad, alpha=-lr)  # torch's SGD step, operation for operation
+            self._bound += lr * factor * grad_norm
+            return True
+        self._bound = None  # a guarded step: no bound carried through it
+        self.optim.param_groups[0]["lr"] = lr
         before = self._save()
         with torch.no_grad():
             self._step(self.optim)
@@ -177,6 +197,15 @@ class ServerOptimizer:
             return True
         self._restore(before)
         return False
+
+    def _stays_finite(self, growth: float) -> bool:
+        """Whether max |param| + `growth` (an upper bound on the update's largest element, with
+        room for float32 rounding) is below float32's range; the bound is measured afresh, one
+        pass over the slice, when it is unknown or would not do."""
+        if self._bound is not None and self._bound + growth < SAFE_MAGNITUDE:
+            return True
+        self._bound = float(np.abs(self.values).max()) if self.values.size else 0.0
+        return math.isfinite(growth) and self._bound + growth < SAFE_MAGNITUDE
 
     def release_grad(self) -> None:
         """Lets go of a gradient `step` read in place (a shared-memory slot the sender reuses)."""
@@ -211,6 +240,7 @@ class ServerOptimizer:
     def load_state(self, values: np.ndarray, optim: dict) -> None:
         """Puts back what `export_state` (and `values`) gave: the next step is the one that was due."""
         self.param.data.copy_(torch.from_numpy(np.array(values, dtype=np.float32)))
+        self._bound = None
         state = self.optim.state[self.param]
         state.clear()
         state.update({k: torch.from_numpy(np.array(v)) for k, v in optim.items()})

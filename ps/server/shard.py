@@ -216,9 +216,9 @@ class ParameterShard:
         """Applies the gradient, or adds it to the open round and applies the round's mean when
         it is full; False if the update was undone (the round's gradients are then dropped)."""
         if self.clip_norm is not None and norm > self.clip_norm:
-            grad = grad * np.float32(self.clip_norm / norm)
+            grad, norm = grad * np.float32(self.clip_norm / norm), self.clip_norm
         if self.round is None:
-            return self._step(grad, scale)
+            return self._step(grad, scale, norm)
         self.round.add(grad, scale, replica_id)
         return self._close_round() if self.round.count >= self._round_size() else True
 
@@ -236,9 +236,10 @@ class ParameterShard:
         finally:
             self.round.clear()
 
-    def _step(self, grad: np.ndarray, scale: float) -> bool:
-        """One optimizer step; the version moves (and round waiters wake) if it is kept."""
-        if not self.optimizer.step(grad, scale, self.schedule(self.version / self.planned_updates)):
+    def _step(self, grad: np.ndarray, scale: float, norm: Optional[float] = None) -> bool:
+        """One optimizer step (`norm`: the gradient's, if known); the version moves (and round
+        waiters wake) if it is kept."""
+        if not self.optimizer.step(grad, scale, self.schedule(self.version / self.planned_updates), norm):
             return False
         self.version += 1
         self._advanced.notify_all()

@@ -18,6 +18,7 @@ import torch
 
 from ps.common.errors import UserError
 from ps.common.specs import parse_spec
+from ps.server.bounds import next_bounds
 
 
 class DelayedNesterov(torch.optim.Optimizer):
@@ -77,10 +78,6 @@ class DelayedNesterov(torch.optim.Optimizer):
         count.zero_()
 
 
-# Plain SGD steps without the guard while max |param| + the update's bound stays below this: far
-# under float32's 3.4e38, so float32 rounding of the update cannot reach it either.
-SAFE_MAGNITUDE = 1e37
-
 # name -> (torch.optim class, fixed keyword defaults, parameters a user may set)
 _OPTIMIZERS = {
     "sgd": (torch.optim.SGD, {}, ("weight_decay",)),
@@ -91,6 +88,8 @@ _OPTIMIZERS = {
     "nesterov": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}, ("momentum", "weight_decay")),
     "delayed_nesterov": (DelayedNesterov, {"momentum": 0.9}, ("momentum", "delay")),
 }
+# the optimizers whose steps ps.server.bounds can bound
+_FAMILIES = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.Adagrad: "adagrad"}
 # The per-gradient optimizers every shard test checks against a torch.optim reference; the outer
 # ones come after them. ALL_OPTIMIZERS is every name a user may give.
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
@@ -154,12 +153,12 @@ class ServerOptimizer:
         # its own staleness (Zhang et al.'s per-gradient rate); adaptive optimizers would
         # normalise a scaled gradient away, so they scale the step's rate instead.
         self.scales_gradient = issubclass(cls, (torch.optim.SGD, DelayedNesterov))
-        # Plain SGD's update is param - lr * grad, and |param| can only grow by lr * |grad|: with
-        # a bound on max |param| carried from step to step, an update that provably stays finite
-        # needs neither the guard's copy nor its check (nor torch.optim's bookkeeping around
-        # that one add_, which is what torch's SGD does without momentum or weight decay).
-        self._plain_sgd = spec.name == "sgd" and not kwargs.get("weight_decay")
-        self._bound: Optional[float] = None  # >= max |param| while known (plain SGD only)
+        # A step that provably keeps everything finite goes unguarded (ps.server.bounds); plain
+        # SGD, whose step is one add_, then also skips torch.optim's bookkeeping around it.
+        self._family = _FAMILIES.get(cls)
+        self._group = self.optim.param_groups[0]
+        self._plain_sgd = spec.name == "sgd" and not self._group["weight_decay"]
+        self._bounds: Optional[dict] = None  # name -> >= max |tensor|, while known
 
     @property
     def values(self) -> np.ndarray:
@@ -172,7 +171,7 @@ class ServerOptimizer:
         update(param, grad) at lr * factor * schedule for the adaptive ones. Returns False,
         leaving the parameters and the state bitwise as they were, when the update would make
         any of them non-finite (a finite gradient times a huge learning rate). `grad_norm`: the
-        gradient's L2 norm, when the caller knows it (plain SGD then skips the guard if it can)."""
+        gradient's L2 norm, when the caller knows it (the step then goes unguarded if it can)."""
         by_gradient = self.scales_gradient and factor != 1.0
         if grad.flags.writeable and not by_gradient:  # a shared-memory slot: read in place
             self.param.grad = torch.from_numpy(grad)  # (these optimizers only read it)
@@ -183,13 +182,16 @@ class ServerOptimizer:
             else:
                 self._grad.numpy()[:] = grad
         lr = self.lr * schedule * (1.0 if self.scales_gradient else factor)
-        if self._plain_sgd and grad_norm is not None and self._stays_finite(lr * factor * grad_norm):
+        self._group["lr"] = lr
+        grad_max = None if grad_norm is None else grad_norm * (factor if self.scales_gradient else 1.0)
+        if grad_max is not None and self._unguarded(lr, grad_max):
             with torch.no_grad():
-                self.param.add_(self.param.grad, alpha=-lr)  # torch's SGD step, operation for operation
-            self._bound += lr * factor * grad_norm
+                if self._plain_sgd:  # torch's SGD step, operation for operation
+                    self.param.add_(self.param.grad, alpha=-lr)
+                else:
+                    self._step(self.optim)
             return True
-        self._bound = None  # a guarded step: no bound carried through it
-        self.optim.param_groups[0]["lr"] = lr
+        self._bounds = None  # a guarded step: no bound is carried through it
         before = self._save()
         with torch.no_grad():
             self._step(self.optim)
@@ -198,14 +200,22 @@ class ServerOptimizer:
         self._restore(before)
         return False
 
-    def _stays_finite(self, growth: float) -> bool:
-        """Whether max |param| + `growth` (an upper bound on the update's largest element, with
-        room for float32 rounding) is below float32's range; the bound is measured afresh, one
-        pass over the slice, when it is unknown or would not do."""
-        if self._bound is not None and self._bound + growth < SAFE_MAGNITUDE:
-            return True
-        self._bound = float(np.abs(self.values).max()) if self.values.size else 0.0
-        return math.isfinite(growth) and self._bound + growth < SAFE_MAGNITUDE
+    def _unguarded(self, lr: float, grad_max: float) -> bool:
+        """Whether this step provably keeps every tensor finite, carrying the bounds past it if
+        so; the bounds are measured afresh (one read of each tensor) when they would not do."""
+        if self._family is None:
+            return False
+        if self._bounds is not None:
+            after = next_bounds(self._family, self._group, self._bounds, lr, grad_max)
+            if after is not None:
+                self._bounds = after
+                return True
+        self._bounds = next_bounds(self._family, self._group, self._measure(), lr, grad_max)
+        return self._bounds is not None
+
+    def _measure(self) -> dict:
+        """max |x| of the parameters and of each state tensor (not the 0-d step counts)."""
+        return {k: _max_abs(t) for k, t in self._tensors().items() if t.dim()}
 
     def release_grad(self) -> None:
         """Lets go of a gradient `step` read in place (a shared-memory slot the sender reuses)."""
@@ -240,7 +250,7 @@ class ServerOptimizer:
     def load_state(self, values: np.ndarray, optim: dict) -> None:
         """Puts back what `export_state` (and `values`) gave: the next step is the one that was due."""
         self.param.data.copy_(torch.from_numpy(np.array(values, dtype=np.float32)))
-        self._bound = None
+        self._bounds = None
         state = self.optim.state[self.param]
         state.clear()
         state.update({k: torch.from_numpy(np.array(v)) for k, v in optim.items()})
@@ -249,6 +259,15 @@ class ServerOptimizer:
     def state_bytes(self) -> int:
         state = self.optim.state.get(self.param, {})
         return sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+
+
+def _max_abs(t: torch.Tensor) -> float:
+    """max |x| in one pass without a temporary; inf if any element is NaN or infinite (which no
+    bound passes)."""
+    if not t.numel():
+        return 0.0
+    lo, hi = (float(x) for x in torch.aminmax(t))
+    return max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.inf
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -4,8 +4,9 @@
 rule (alpha0) and the staleness-dependent one (alpha0 / tau), 3 epochs of the data by the job,
 3 seeds, in simulation. alpha0 is the best hardsync learning rate for batch 120 (tuned here,
 3 seeds). The learners share the run's steps (--budget job, the harness's), so they end
-together, as learners counting a server's epochs do. A side study repeats alpha0/tau, and alpha0/<tau>, under a
-shuffled push order (every round of 30 pushes a fresh permutation), whose tau spreads over 0..2n.
+together, as learners counting a server's epochs do. A side study repeats alpha0/tau, and
+alpha0/<tau>, under a shuffled push order (every round of 30 pushes a fresh permutation), whose
+tau spreads over 0..2n.
 
 A second side study runs alpha0/tau at n = 30 with --budget replica (each learner does its own
 part and stops), evaluated each 0.1 epoch: once the first learner has finished, fewer learners

@@ -296,7 +296,7 @@ class ModelReplica:
         `total_steps` steps in all. Returns False, changing nothing, if the loop has ended or is
         ending (stopped, or at its last step's end): the caller must then give `part` to another."""
         with self._lock:
-            if self._ended or self.stopping or self.step >= self.total_steps:
+            if self._ending():
                 return False
             self.total_steps, self._next_part = total_steps, part
             return True
@@ -306,10 +306,14 @@ class ModelReplica:
         done that many already). Returns (True, the end) or, when the loop has ended or is ending,
         (False, the steps it ends with)."""
         with self._lock:
-            if self._ended or self.stopping or self.step >= self.total_steps:
+            if self._ending():
                 return False, self.step
             self.total_steps = max(total_steps, self.step)
             return True, self.total_steps
+
+    def _ending(self) -> bool:
+        """The loop has ended, or ends at its next check (under _lock): its end can no longer move."""
+        return self._ended or self.stopping or self.step >= self.total_steps
 
     def stop(self) -> None:
         """Ends `run` after the current step; a partial n_push round is still pushed, and pushes

@@ -60,8 +60,7 @@ class DelayStream:
         self.model, self.rng = model, rng
         self._replay = model.replayed[learner % len(model.replayed)] if model.replayed else None
         self._next = 0
-        p = model.params
-        self._slowed = model.kind == "slow" and learner < p["count"]
+        self._slowed = model.kind == "slow" and learner < model.params["count"]
 
     def draw(self) -> float:
         m, p = self.model, self.model.params
